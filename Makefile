@@ -1,0 +1,54 @@
+# clamp_pl — `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install.stamp
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	test -d $(VENV) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install clamp_pl with its pinned dependencies (idempotent)
+
+test: $(STAMP) ## the fast test suite (no slow, no gpu)
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-full: $(STAMP) ## every CPU test, slow ones included
+	$(PY) -m pytest -m "not gpu" -q
+
+demo: $(STAMP) ## the main job on the embedded default: mouse frames + toy few-shot, prints metrics and a picture path
+	$(PY) -m clamp_pl.demo
+
+train: $(STAMP) ## train; pass arguments with ARGS="experiment=fewshot_toy trainer.max_epochs=5"
+	$(PY) -m clamp_pl.train $(ARGS)
+
+sweep: $(STAMP) ## the toy few-shot sweep (shots x seeds) and its aggregated table
+	$(PY) -m clamp_pl.train -m experiment=fewshot_toy protocol.shots=5,20 seed=1,2 $(ARGS)
+	$(PY) -m clamp_pl.aggregate --latest logs/train/multiruns
+
+bench: $(STAMP) ## CPU benchmarks -> docs/benchmarks.md and docs/benchmarks.json
+	$(PY) scripts/benchmark.py $(ARGS)
+
+lint: $(STAMP) ## ruff check
+	$(VENV)/bin/ruff check clamp_pl tests scripts
+
+format: $(STAMP) ## ruff format + autofix
+	$(VENV)/bin/ruff check --fix clamp_pl tests scripts
+	$(VENV)/bin/ruff format clamp_pl tests scripts
+
+clean: ## remove caches and build leftovers (keeps .venv and logs)
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
+	find . -name __pycache__ -prune -not -path "./$(VENV)/*" -exec rm -rf {} +
+
+clean-logs: ## remove training logs and outputs
+	rm -rf logs/ outputs/ multirun/ wandb/
+
+.PHONY: help install test test-full demo train sweep bench lint format clean clean-logs

@@ -1,0 +1,1 @@
+"""Lightning callbacks: prediction pictures and score maps, run safety (resume, preemption, non-finite loss)."""

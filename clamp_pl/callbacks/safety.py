@@ -1,0 +1,108 @@
+"""``RunSafetyCallback``: exact resumption (RNG states in the checkpoint), preemption (SIGTERM / SIGUSR1 save
+a checkpoint and exit cleanly) and non-finite losses (skip the step, counted, or stop after a checkpoint)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped on a non-finite loss (``on_nonfinite: stop``); a checkpoint was saved first."""
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        # numpy's state holds an ndarray: store it as a tensor so the checkpoint stays weights_only-loadable
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+class RunSafetyCallback(pl.Callback):
+    """Args:
+        on_nonfinite: "skip" (drop the step, count it, go on), "stop" (save ``checkpoints/nonfinite.ckpt`` and
+            stop with :class:`NonFiniteLossError`) or "off" (no check, no host sync per step).
+        max_nonfinite: with "skip", stop as with "stop" once more than this many steps were skipped.
+        checkpoint_on_signal: on SIGTERM (and SIGUSR1 outside SLURM, where Lightning's own auto-requeue
+            handler owns it) save ``checkpoints/last.ckpt`` and exit cleanly after the current step.
+    """
+
+    def __init__(self, on_nonfinite: str = "skip", max_nonfinite: int = 100, checkpoint_on_signal: bool = True):
+        if on_nonfinite not in ("skip", "stop", "off"):
+            raise ValueError(f"on_nonfinite must be skip, stop or off, not {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        self.max_nonfinite = max_nonfinite
+        self.checkpoint_on_signal = checkpoint_on_signal
+        self._signalled: int | None = None
+        self._previous_usr1: Any = None
+
+    # ---------------------------------------------------------------- exact resume
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = _rng_state()
+        checkpoint["nonfinite_steps"] = int(getattr(pl_module, "nonfinite_steps", 0))
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            _set_rng_state(checkpoint["rng_states"])
+        pl_module.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
+
+    # ---------------------------------------------------------------- signals
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.nonfinite = self.on_nonfinite
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.checkpoint_on_signal and "SLURM_JOB_ID" not in os.environ and hasattr(signal, "SIGUSR1"):
+            self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_usr1)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
+
+    def _on_usr1(self, signum: int, frame: Any) -> None:
+        self._signalled = signum
+
+    def _checkpoint_path(self, trainer: pl.Trainer, name: str) -> Path:
+        cb = trainer.checkpoint_callback
+        folder = Path(cb.dirpath) if cb is not None and cb.dirpath else Path(trainer.default_root_dir) / "checkpoints"
+        return folder / name
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        reason = getattr(pl_module, "stop_reason", None)
+        if reason is None and self.on_nonfinite == "skip" and pl_module.nonfinite_steps > self.max_nonfinite:
+            reason = f"more than {self.max_nonfinite} steps had a non-finite loss"
+        if reason is not None:
+            path = self._checkpoint_path(trainer, "nonfinite.ckpt")
+            trainer.save_checkpoint(path)
+            raise NonFiniteLossError(f"{reason}; training stopped, checkpoint saved to {path}")
+        if self.checkpoint_on_signal and (trainer.received_sigterm or self._signalled is not None):
+            path = self._checkpoint_path(trainer, "last.ckpt")
+            trainer.save_checkpoint(path)
+            name = "SIGTERM" if trainer.received_sigterm else signal.Signals(self._signalled).name
+            log.warning("%s received: checkpoint saved to %s; resume with ckpt_path=%s", name, path, path)
+            if self._signalled is not None:
+                # SIGTERM is raised by Lightning itself after this hook; SIGUSR1 exits the same clean way
+                raise SIGTERMException()

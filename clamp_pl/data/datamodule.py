@@ -1,0 +1,369 @@
+"""LightningDataModules: one per dataset (AP-10K, Animal-Pose, toy, mouse) on a shared base, plus generic
+COCO and DeepLabCut ones.
+
+The data flows one way: COCO files -> ``Instance`` records (validated once, in ``setup``) -> protocol split ->
+``TopDownDataset`` (top-down transforms + codec targets). The evaluation ground truth of the val/test splits
+(``val_gt`` / ``test_gt``) is the COCO dict restricted to the instances that survive the protocol, so a
+zero-shot test set scores only the held-out species.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from clamp_pl.codecs import MSRAHeatmap
+from clamp_pl.data.coco import Instance, LoadReport, load_coco_instances
+from clamp_pl.data.dataset import TopDownDataset
+from clamp_pl.data.metainfo import DatasetMeta, get_meta, meta_from_coco
+from clamp_pl.data.protocols import apply_protocol
+from clamp_pl.data.sources import missing_dataset_error
+from clamp_pl.data.transforms import TopDownTransform
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def restrict_gt(gt: dict, instances: Sequence[Instance]) -> dict:
+    """The COCO dict holding only the images and annotations of ``instances`` (all categories kept)."""
+    ann_ids = {inst.ann_id for inst in instances}
+    anns = [a for a in gt["annotations"] if a["id"] in ann_ids]
+    img_ids = {a["image_id"] for a in anns}
+    out = {k: v for k, v in gt.items() if k not in ("images", "annotations")}
+    out["images"] = [im for im in gt["images"] if im["id"] in img_ids]
+    out["annotations"] = anns
+    return out
+
+
+class PoseDataModule(pl.LightningDataModule):
+    """Shared base: resolves the three annotation files, loads and validates them, applies the protocol and
+    builds the top-down datasets.
+
+    Subclasses set ``name`` and implement :meth:`files` (and :meth:`prepare_data` when the data is generated).
+
+    Args:
+        input_size: network input ``(W, H)`` in pixels.
+        heatmap_size: heatmap ``(w, h)``.
+        feature_stride: stride of the CLIP tower's dense grid (16 for ViT-B/16, 32 for RN50); the feature loss
+            targets live on ``input_size / feature_stride``.
+        batch_size: per-device batch size (global = batch_size x devices x nodes).
+        protocol: ``{"name": "supervised" | "fewshot" | "zeroshot", ...}`` (``conf/protocol``).
+        augment: training augmentation parameters of :class:`TopDownTransform`.
+        on_error: ``"raise"`` stops at setup on the first bad record; ``"skip"`` counts and logs skipped
+            records and writes them to ``report_dir/skipped_records.json``.
+    """
+
+    name = "coco"
+    meta_name: str | None = None
+
+    def __init__(
+        self,
+        *,
+        input_size: Sequence[int] = (256, 256),
+        heatmap_size: Sequence[int] = (64, 64),
+        feature_stride: int = 16,
+        sigma: float = 2.0,
+        batch_size: int = 32,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        normalization: str = "imagenet",
+        augment: dict | None = None,
+        on_error: str = "raise",
+        protocol: dict | None = None,
+        seed: int = 0,
+        sigmas: Sequence[float] | None = None,
+        prompts: Sequence[str] | None = None,
+        report_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
+        self.feature_stride = int(feature_stride)
+        self.sigma = sigma
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.normalization = normalization
+        self.augment = dict(augment or {})
+        self.on_error = on_error
+        self.protocol = dict(protocol or {"name": "supervised"})
+        self.seed = seed
+        self.sigmas = list(sigmas) if sigmas is not None else None
+        self.prompts = list(prompts) if prompts is not None else None
+        self.report_dir = report_dir
+        self.meta: DatasetMeta | None = None
+        self.instances: dict[str, list[Instance]] = {}
+        self.gt: dict[str, dict] = {}
+        self.reports: dict[str, LoadReport] = {}
+        self.datasets: dict[str, TopDownDataset] = {}
+        self._batch_size_per_device = batch_size
+
+    # ---------------------------------------------------------------- files and meta
+    def files(self) -> dict[str, tuple[Path, Path]]:
+        """``{split: (annotation json, image dir)}`` for train/val/test."""
+        raise NotImplementedError
+
+    def build_meta(self, train_ann: Path) -> DatasetMeta:
+        if self.meta_name is not None:
+            meta = get_meta(self.meta_name)
+        else:
+            meta = meta_from_coco(train_ann, name=self.name, sigmas=self.sigmas, prompts=self.prompts)
+        return meta
+
+    def ensure_meta(self) -> DatasetMeta:
+        """The dataset meta, available before ``setup`` (the model needs the prompts to be built)."""
+        if self.meta is None:
+            self.prepare_data()
+            files = self.files()
+            self.meta = self.build_meta(files["train"][0])
+        return self.meta
+
+    @property
+    def feature_grid(self) -> tuple[int, int]:
+        return (self.input_size[0] // self.feature_stride, self.input_size[1] // self.feature_stride)
+
+    @property
+    def split_file(self) -> Path | None:
+        p = self.protocol
+        if p.get("name") != "fewshot" or not p.get("split_dir"):
+            return None
+        return Path(p["split_dir"]) / self.name / f"fewshot_k{p['shots']}_seed{p['seed']}.json"
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.instances:
+            return
+        files = self.files()
+        meta = self.ensure_meta()
+        for split in SPLITS:
+            ann, img_dir = files[split]
+            insts, gt, report = load_coco_instances(
+                ann, img_dir, meta, train=(split == "train"), on_error=self.on_error
+            )
+            self.instances[split], self.gt[split], self.reports[split] = insts, gt, report
+        self._apply_protocol()
+        self._write_reports()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self._batch_size_per_device = self.batch_size
+        codec = MSRAHeatmap(input_size=self.input_size, heatmap_size=self.heatmap_size, sigma=self.sigma)
+        for split in SPLITS:
+            train = split == "train"
+            transform = TopDownTransform(
+                meta,
+                input_size=self.input_size,
+                train=train,
+                normalization=self.normalization,
+                **(self.augment if train else {}),
+            )
+            self.datasets[split] = TopDownDataset(
+                self.instances[split], transform, codec, feature_grid=self.feature_grid, seed=self.seed
+            )
+        counts = {s: len(self.instances[s]) for s in SPLITS}
+        log.info("%s (%s protocol): %s instances", self.name, self.protocol.get("name"), counts)
+
+    def _apply_protocol(self) -> None:
+        kw = {k: v for k, v in self.protocol.items() if k not in ("name", "split_dir")}
+        if self.protocol.get("name") == "fewshot":
+            kw["split_file"] = self.split_file
+        train, val, test = apply_protocol(
+            self.protocol.get("name", "supervised"),
+            self.instances["train"],
+            self.instances["val"],
+            self.instances["test"],
+            **kw,
+        )
+        self.instances.update(train=train, val=val, test=test)
+        for split in ("val", "test"):
+            self.gt[split] = restrict_gt(self.gt[split], self.instances[split])
+        for split in SPLITS:
+            if not self.instances[split]:
+                raise ValueError(
+                    f"{self.name}: the {self.protocol.get('name')} protocol left no {split} instances "
+                    f"(protocol settings: {self.protocol})"
+                )
+
+    def _write_reports(self) -> None:
+        if not self.report_dir:
+            return
+        out = Path(self.report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        split_info = {
+            "dataset": self.name,
+            "protocol": self.protocol,
+            "counts": {s: len(self.instances[s]) for s in SPLITS},
+            "species": {
+                s: sorted({i.species for i in self.instances[s]}) for s in SPLITS
+            },
+            "train_ann_ids": sorted(i.ann_id for i in self.instances["train"]),
+        }
+        (out / "split.json").write_text(json.dumps(split_info, indent=1))
+        skipped = {s: r.skipped for s, r in self.reports.items() if r.skipped}
+        if skipped:
+            (out / "skipped_records.json").write_text(json.dumps(skipped, indent=1, default=str))
+            log.warning("skipped records: %s (see %s)", {s: len(v) for s, v in skipped.items()}, out)
+
+    @property
+    def skipped_counts(self) -> dict[str, int]:
+        return {s: len(r.skipped) for s, r in self.reports.items()}
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self._batch_size_per_device,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=shuffle and len(self.datasets[split]) > self._batch_size_per_device,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "train_ann_ids": [i.ann_id for i in self.instances.get("train", [])]}
+
+
+def _require(paths: dict[str, tuple[Path, Path]], dataset: str, root: Path) -> dict[str, tuple[Path, Path]]:
+    for ann, img_dir in paths.values():
+        if not ann.is_file():
+            raise missing_dataset_error(ann, dataset)
+        if not img_dir.is_dir():
+            raise missing_dataset_error(img_dir, dataset)
+    return paths
+
+
+class AP10KDataModule(PoseDataModule):
+    """AP-10K in its published layout: ``root/annotations/ap10k-{train,val,test}-split{N}.json`` and images in
+    ``root/data/``. ``test_split="val"`` reproduces CLAMP's official configs (which test on val-split1)."""
+
+    name = "ap10k"
+    meta_name = "ap10k"
+
+    def __init__(self, *, root: str, split: int = 1, test_split: str = "test", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.root, self.split, self.test_split = Path(root), split, test_split
+
+    def files(self) -> dict[str, tuple[Path, Path]]:
+        ann = self.root / "annotations"
+        img = self.root / "data"
+        names = {"train": "train", "val": "val", "test": self.test_split}
+        return _require(
+            {s: (ann / f"ap10k-{n}-split{self.split}.json", img) for s, n in names.items()}, "ap10k", self.root
+        )
+
+
+class AnimalPoseDataModule(PoseDataModule):
+    """Animal-Pose as written by ``scripts/prepare_animalpose.py``."""
+
+    name = "animalpose"
+    meta_name = "animalpose"
+
+    def __init__(self, *, root: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.root = Path(root)
+
+    def files(self) -> dict[str, tuple[Path, Path]]:
+        ann = self.root / "annotations"
+        return _require(
+            {s: (ann / f"animalpose_{s}.json", self.root / "images") for s in SPLITS}, "animalpose", self.root
+        )
+
+
+class ToyAP10KDataModule(PoseDataModule):
+    """The procedural toy set in AP-10K format, generated on first use into ``root`` (deterministic)."""
+
+    name = "toy_ap10k"
+    meta_name = "ap10k"
+
+    def __init__(self, *, root: str, n_train: int = 1200, n_val: int = 150, n_test: int = 150, **kw: Any):
+        super().__init__(**kw)
+        self.root = Path(root)
+        self.sizes = dict(n_train=n_train, n_val=n_val, n_test=n_test)
+        self._paths: dict[str, Path] | None = None
+
+    def prepare_data(self) -> None:
+        from clamp_pl.data.toy import ensure_toy_ap10k
+
+        self._paths = ensure_toy_ap10k(self.root, **self.sizes)
+
+    def files(self) -> dict[str, tuple[Path, Path]]:
+        if self._paths is None:
+            self.prepare_data()
+        return {s: (self._paths[s], self._paths["images"]) for s in SPLITS}
+
+
+class MouseOpenfieldDataModule(PoseDataModule):
+    """The 116 real DeepLabCut mouse frames embedded in the package (contiguous test block)."""
+
+    name = "mouse_openfield"
+
+    def __init__(self, *, root: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.root = Path(root)
+        self._paths: dict[str, Path] | None = None
+
+    def prepare_data(self) -> None:
+        from clamp_pl.data.dlc import ensure_mouse_openfield
+
+        self._paths = ensure_mouse_openfield(self.root)
+
+    def files(self) -> dict[str, tuple[Path, Path]]:
+        if self._paths is None:
+            self.prepare_data()
+        return {s: (self._paths[s], self._paths["images"]) for s in SPLITS}
+
+
+class DLCDataModule(MouseOpenfieldDataModule):
+    """Any single-animal DeepLabCut project (``CollectedData_*.csv`` + frames), converted to COCO in ``root``
+    with contiguous val/test blocks at the end of the frame list."""
+
+    name = "dlc"
+
+    def __init__(self, *, project: str, test_fraction: float = 0.15, val_fraction: float = 0.1, **kw: Any):
+        super().__init__(**kw)
+        self.project, self.test_fraction, self.val_fraction = project, test_fraction, val_fraction
+
+    def prepare_data(self) -> None:
+        from clamp_pl.data.dlc import dlc_to_coco, read_dlc_csv
+
+        frames, _, _ = read_dlc_csv(next(Path(self.project).rglob("CollectedData_*.csv")))
+        n = len(frames)
+        n_test = max(1, round(n * self.test_fraction))
+        n_val = max(1, round(n * self.val_fraction))
+        self._paths = dlc_to_coco(
+            self.project, self.root, test_block=(n - n_test, n), val_block=(n - n_test - n_val, n - n_test)
+        )
+
+
+class COCODataModule(PoseDataModule):
+    """Bring-your-own COCO keypoint files; the meta comes from the train file's category."""
+
+    name = "coco"
+
+    def __init__(self, *, train_ann: str, val_ann: str, test_ann: str, img_dir: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.paths = {"train": Path(train_ann), "val": Path(val_ann), "test": Path(test_ann)}
+        self.img_dir = Path(img_dir)
+
+    def files(self) -> dict[str, tuple[Path, Path]]:
+        return _require({s: (p, self.img_dir) for s, p in self.paths.items()}, "coco", self.img_dir)

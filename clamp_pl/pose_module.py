@@ -1,0 +1,268 @@
+"""``PoseLitModule``: the CLAMP network, its losses, flip test, decoding and metrics as a LightningModule.
+
+Everything saved in the hyper-parameters is a primitive (lists, dicts, numbers, strings), so checkpoints load
+with ``torch.load(..., weights_only=True)`` and ``PoseLitModule.load_from_checkpoint`` needs no Hydra.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from clamp_pl.codecs import MSRAHeatmap
+from clamp_pl.data.transforms import input_to_image_coords
+from clamp_pl.evaluation import CocoKeypointAP, write_results
+from clamp_pl.models import CLAMP, CLAMPLoss
+from clamp_pl.models.clamp import no_weight_decay
+
+log = logging.getLogger(__name__)
+
+
+def flip_back(heatmaps: Tensor, flip_indices: Sequence[int], shift: bool = True) -> Tensor:
+    """Undo a horizontal input flip on heatmaps ``[B, K, h, w]``: mirror, swap left/right channels and, for
+    non-UDP codecs, shift one pixel right to undo the half-pixel misalignment (mmpose ``flip_heatmaps``)."""
+    out = heatmaps.flip(-1)[:, list(flip_indices)]
+    if shift:
+        out = torch.cat([out[..., :1], out[..., :-1]], dim=-1)
+    return out
+
+
+class PoseLitModule(pl.LightningModule):
+    """CLAMP (or the image-only baseline) trained with heatmap, spatial and feature losses.
+
+    Args:
+        net: keyword arguments of :class:`clamp_pl.models.CLAMP` (without ``prompts``).
+        prompts: one text per keypoint (dataset meta).
+        flip_indices, sigmas, skeleton, keypoint_names, species, families: dataset meta, kept so that a
+            checkpoint alone can predict and evaluate.
+        heatmap_size: ``(w, h)``; feature_stride: the tower's stride (checked against the network).
+        loss: ``CLAMPLoss`` weights. optimizer: lr, weight_decay, backbone_lr_mult.
+        scheduler: warmup_iters, warmup_ratio, milestones (epochs), gamma.
+        test_cfg: flip_test, shift_heatmap, decode ("default" | "dark").
+        nonfinite: what to do with a non-finite loss: "skip" the step (counted), "stop" (the RunSafetyCallback
+            saves a checkpoint and stops with a message), or "off" (no check; avoids a host sync per step).
+    """
+
+    def __init__(
+        self,
+        *,
+        net: dict[str, Any],
+        prompts: Sequence[str],
+        flip_indices: Sequence[int],
+        sigmas: Sequence[float],
+        heatmap_size: Sequence[int] = (64, 64),
+        feature_stride: int = 16,
+        keypoint_names: Sequence[str] = (),
+        skeleton: Sequence[Sequence[int]] = (),
+        species: dict[int, str] | None = None,
+        families: dict[str, list[int]] | None = None,
+        dataset_name: str = "",
+        loss: dict[str, float] | None = None,
+        optimizer: dict[str, float] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        test_cfg: dict[str, Any] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+        nonfinite: str = "skip",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        net = dict(net)
+        net.pop("heatmap_size", None)
+        self.net = CLAMP(prompts=list(prompts), heatmap_size=tuple(heatmap_size), **net)
+        if self.net.stride != feature_stride:
+            raise ValueError(
+                f"model.feature_stride={feature_stride} but {net.get('clip_model')} has stride {self.net.stride}"
+            )
+        self.criterion = CLAMPLoss(**(loss or {}))
+        self.image_size = int(net["image_size"])
+        self.test_cfg = {"flip_test": True, "shift_heatmap": True, "decode": "default", **(test_cfg or {})}
+        self.codec = MSRAHeatmap(
+            input_size=(self.image_size, self.image_size),
+            heatmap_size=tuple(heatmap_size),
+            unbiased=self.test_cfg["decode"] == "dark",
+        )
+        self.flip_indices = list(flip_indices)
+        self.nonfinite = nonfinite
+        self.nonfinite_steps = 0
+        self.stop_reason: str | None = None
+        self._compiled: torch.nn.Module | None = None
+        self.metrics: dict[str, CocoKeypointAP] = {}
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and getattr(dm, "gt", None):
+            flip_pairs = [(i, j) for i, j in enumerate(self.flip_indices) if i < j]
+            for split in ("val", "test"):
+                self.metrics[split] = CocoKeypointAP(
+                    dm.gt[split],
+                    self.hparams.sigmas,
+                    species=self.hparams.species,
+                    families=self.hparams.families,
+                    flip_pairs=flip_pairs,
+                ).to(self.device)
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and stage == "fit" and self._compiled is None:
+            # compile a view of the same module: the state dict keeps its plain names
+            self._compiled = torch.compile(self.net)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor | None]:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        net = self._compiled if (self._compiled is not None and self.training) else self.net
+        return net(images)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        out = self(batch["image"])
+        losses = self.criterion(out, batch)
+        loss = losses["loss"]
+        if self.nonfinite != "off" and not torch.isfinite(loss):
+            self.nonfinite_steps += 1
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
+            msg = (
+                f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step} "
+                f"({ {k: float(v) for k, v in losses.items()} })"
+            )
+            if self.nonfinite == "stop":
+                self.stop_reason = msg
+            else:
+                log.warning("%s: step skipped (%d so far)", msg, self.nonfinite_steps)
+            return None
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs, prog_bar=False)
+        self.log("train/loss", loss.detach(), batch_size=bs, prog_bar=True)
+        if out.get("logit_scale") is not None:
+            self.log("train/logit_scale", out["logit_scale"].detach(), batch_size=bs)
+        return loss
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict_heatmaps(self, images: Tensor, flip_test: bool | None = None) -> Tensor:
+        """Heatmaps ``[B, K, h, w]`` for normalised crops ``[B, 3, H, W]``; with flip test the original and the
+        mirrored crops run as ONE batch (the text features are computed once and cached in eval)."""
+        flip_test = self.test_cfg["flip_test"] if flip_test is None else flip_test
+        if not flip_test:
+            return self(images)["heatmaps"].float()
+        b = images.shape[0]
+        hm = self(torch.cat([images, images.flip(-1)]))["heatmaps"].float()
+        return 0.5 * (hm[:b] + flip_back(hm[b:], self.flip_indices, self.test_cfg["shift_heatmap"]))
+
+    def decode(self, heatmaps: Tensor, center: Tensor, scale: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps ``[B, K, h, w]`` -> keypoints ``[B, K, 2]`` in image pixels and scores ``[B, K]``."""
+        kpts, scores = self.codec.batch_decode(heatmaps.cpu().numpy())
+        img = input_to_image_coords(
+            kpts, center.cpu().numpy(), scale.cpu().numpy(), (self.image_size, self.image_size)
+        )
+        return img, scores
+
+    def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
+        hm = self.predict_heatmaps(batch["image"])
+        kpts, scores = self.decode(hm, batch["center"], batch["scale"])
+        if split in self.metrics:
+            self.metrics[split].update(
+                batch["ann_id"], batch["image_id"], batch["category_id"], torch.from_numpy(kpts),
+                torch.from_numpy(scores),
+            )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, split: str) -> dict[str, float]:
+        metric = self.metrics.get(split)
+        if metric is None:
+            return {}
+        values = metric.compute()
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.log(f"{split}/{k}", float(v), prog_bar=k == "AP", sync_dist=False, rank_zero_only=False)
+        if split == "test" and self.trainer.is_global_zero:
+            out = Path(self.trainer.default_root_dir) / "predictions"
+            out.mkdir(parents=True, exist_ok=True)
+            write_results(out / "test_predictions.json", metric.coco_results())
+            (out / "test_metrics.json").write_text(json.dumps(values, indent=1))
+            rows = [[k.split("/", 1)[1], float(v)] for k, v in values.items() if k.startswith("AP_species/")]
+            for lg in self.trainer.loggers:
+                if rows and hasattr(lg, "log_table"):  # W&B
+                    lg.log_table(key="test/AP_species", columns=["species", "AP"], data=rows)
+        self.last_metrics = {f"{split}/{k}": v for k, v in values.items()}
+        metric.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = {"lr": 5e-4, "weight_decay": 1e-4, "backbone_lr_mult": 0.1, **(self.hparams.optimizer or {})}
+        lr, wd = opt_cfg["lr"], opt_cfg["weight_decay"]
+        groups: dict[tuple[str, bool], list[Tensor]] = {}
+        for group, named in self.net.param_groups().items():
+            if group == "text":
+                continue  # frozen tower: requires_grad False, never in the optimiser
+            for name, p in named:
+                if p.requires_grad:
+                    groups.setdefault((group, no_weight_decay(name, p)), []).append(p)
+        param_groups = [
+            {
+                "params": params,
+                "lr": lr * (opt_cfg["backbone_lr_mult"] if group == "backbone" else 1.0),
+                "weight_decay": 0.0 if no_wd else wd,
+                "name": f"{group}{'_no_wd' if no_wd else ''}",
+            }
+            for (group, no_wd), params in sorted(groups.items())
+        ]
+        optimizer = torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd)
+        sch = {"warmup_iters": 500, "warmup_ratio": 1e-3, "milestones": [170, 200], "gamma": 0.1,
+               **(self.hparams.scheduler or {})}
+        steps_per_epoch = max(1, self._steps_per_epoch())
+
+        def factor(step: int) -> float:
+            epoch = step // steps_per_epoch
+            f = sch["gamma"] ** sum(epoch >= m for m in sch["milestones"])
+            if step < sch["warmup_iters"]:
+                r = sch["warmup_ratio"]
+                f *= r + (1 - r) * step / sch["warmup_iters"]
+            return f
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self) -> int:
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if trainer.max_epochs and trainer.max_epochs > 0 and math.isfinite(total):
+            return int(total // trainer.max_epochs)
+        return 1
+
+    # ---------------------------------------------------------------- weights-only init
+    def load_weights_from(self, path: str | Path) -> None:
+        """Initialise the network from a checkpoint's weights (``init_from``): no optimiser, no epoch. The
+        text-token buffers are not in the state dict, so a model trained on other keypoint names loads too;
+        heads whose shape differs (another K) are reported and left as initialised."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = ckpt.get("state_dict", ckpt)
+        own = self.state_dict()
+        loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(state) - set(loadable))
+        missing = sorted(set(own) - set(loadable))
+        self.load_state_dict(loadable, strict=False)
+        log.info("init_from %s: %d tensors loaded, %d skipped (%s), %d left as initialised", path, len(loadable),
+                 len(skipped), ", ".join(skipped[:5]), len(missing))

@@ -1,0 +1,125 @@
+"""Train (then test the best checkpoint): ``python -m clamp_pl.train [experiment=...] [key=value ...]``.
+
+A finished run leaves in its Hydra output dir: ``.hydra/config.yaml``, ``config_tree.log``, ``checkpoints/``
+(best by ``val/AP`` and ``last.ckpt``), ``metrics.csv``, ``results.json`` (flat ``{"test/AP": ...}``),
+``predictions/`` (COCO-format test predictions), ``split.json`` (the protocol's split) and, with W&B,
+``wandb_run_id.txt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, open_dict
+
+from clamp_pl.utils.config import config_dir
+from clamp_pl.utils.run import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_hyperparameters,
+    print_config_tree,
+    resolve_checkpoint,
+    task_wrapper,
+    write_json,
+)
+
+log = logging.getLogger("clamp_pl")
+
+
+def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> pl.LightningDataModule:
+    return instantiate(cfg.data, report_dir=str(run_dir) if run_dir else None, _convert_="all")
+
+
+def build_model(cfg: DictConfig, dm: pl.LightningDataModule) -> pl.LightningModule:
+    """The LightningModule, with the dataset's keypoint meta passed as primitives (checkpoint-safe)."""
+    meta = dm.ensure_meta()
+    factory = instantiate(cfg.model, _partial_=True, _convert_="all")
+    return factory(
+        prompts=list(meta.prompts),
+        keypoint_names=list(meta.keypoint_names),
+        flip_indices=[int(i) for i in meta.flip_indices],
+        sigmas=[float(s) for s in meta.sigmas],
+        skeleton=[[int(a), int(b)] for a, b in meta.skeleton],
+        species={int(k): str(v) for k, v in meta.species.items()},
+        families={str(k): [int(i) for i in v] for k, v in meta.families.items()},
+        dataset_name=getattr(dm, "name", ""),
+    )
+
+
+def _ddp_under_multirun(cfg: DictConfig) -> None:
+    """Lightning's "ddp" launcher re-runs ``sys.argv`` in each child: inside a Hydra multirun the children would
+    start their own sweeps (Lightning #11300). Unless the processes are created externally (torchrun, SLURM),
+    switch to spawned workers, which inherit the composed job instead of re-parsing the command line."""
+    try:
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return
+    strategy = cfg.trainer.get("strategy")
+    external = "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ
+    if multirun and isinstance(strategy, DictConfig) and "DDPStrategy" in strategy.get("_target_", ""):
+        if strategy.get("start_method", "popen") == "popen" and not external:
+            log.warning("Hydra multirun with DDP: using spawned workers (start_method=spawn) for this job")
+            with open_dict(cfg):
+                cfg.trainer.strategy.start_method = "spawn"
+
+
+@task_wrapper
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit, then test with the best checkpoint. Returns (metrics, objects)."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    if cfg.extras.get("print_config"):
+        print_config_tree(cfg, save_to=run_dir / "config_tree.log", print_=True)
+    _ddp_under_multirun(cfg)
+
+    dm = build_datamodule(cfg, run_dir)
+    model = build_model(cfg, dm)
+    if cfg.get("init_from"):
+        model.load_weights_from(resolve_checkpoint(cfg.init_from, prefer="best"))
+    ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), prefer="last")
+
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"), run_dir, resume_from=ckpt_path)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    hp = log_hyperparameters(cfg, model, trainer)
+    log.info("parameters: %s", {k: v for k, v in hp.items() if k.startswith("params/")})
+
+    metrics: dict[str, Any] = {}
+    if cfg.get("train"):
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    if cfg.get("test"):
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if not best:
+            log.warning("no best checkpoint (no validation ran?): testing the current weights")
+        trainer.test(model, datamodule=dm, ckpt_path=best or None, weights_only=True)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        if trainer.is_global_zero:
+            write_json(run_dir / "results.json", {k: v for k, v in metrics.items() if k.startswith("test/")})
+            write_json(run_dir / "run.json", {"best_checkpoint": best, "skipped_records": dm.skipped_counts,
+                                              "nonfinite_steps": model.nonfinite_steps})
+    return metrics, {"trainer": trainer, "model": model, "datamodule": dm}
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics, _ = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name and name in metrics and math.isfinite(metrics[name]):
+        return metrics[name]
+    return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Entry-point helpers: config resolution, instantiation, run-dir bookkeeping (the only Hydra users besides conf/)."""

@@ -1,0 +1,159 @@
+"""Run bookkeeping shared by the entry points: instantiate callbacks/loggers, the config tree, hyper-parameter
+logging, checkpoint resolution, W&B run-id persistence and the task wrapper that always closes W&B."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import netrc
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("clamp_pl")
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def task_wrapper(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Log failures with the run dir, and always close W&B so that the next multirun job opens a new run."""
+
+    @functools.wraps(fn)
+    def wrapped(cfg: DictConfig) -> Any:
+        start = time.time()
+        try:
+            return fn(cfg)
+        except Exception:
+            log.exception("run failed; output dir: %s", cfg.paths.get("output_dir"))
+            raise
+        finally:
+            log.info("run dir: %s (%.1f s)", cfg.paths.get("output_dir"), time.time() - start)
+            try:
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish()
+            except ImportError:  # pragma: no cover - wandb is a dependency
+                pass
+
+    return wrapped
+
+
+def print_config_tree(cfg: DictConfig, save_to: Path | None = None, print_: bool = True) -> None:
+    """Print the resolved config as a rich tree (main groups first) and save it to ``config_tree.log``."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("CONFIG", guide_style="dim")
+    order = ["data", "model", "protocol", "callbacks", "logger", "trainer", "paths", "extras"]
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        branch = tree.add(str(key))
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        branch.add(rich.syntax.Syntax(text, "yaml"))
+    if print_:
+        rich.print(tree)
+    if save_to is not None:
+        with open(save_to, "w") as fh:
+            rich.print(tree, file=fh)
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def wandb_has_key() -> bool:
+    """An API key is configured (env or ~/.netrc); otherwise W&B runs offline instead of prompting."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        rc = netrc.netrc()
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+    return any("wandb" in host for host in rc.hosts)
+
+
+def instantiate_loggers(cfg: DictConfig | None, run_dir: Path, resume_from: Path | None = None) -> list:
+    """Loggers from ``conf/logger``. W&B: offline when no key (never blocking), and the run id is written to
+    ``run_dir/wandb_run_id.txt`` at start; a resumed run (``resume_from`` = its checkpoint) reuses the id."""
+    if not cfg:
+        return []
+    loggers = []
+    for name, lcfg in cfg.items():
+        if not isinstance(lcfg, DictConfig) or "_target_" not in lcfg:
+            continue
+        if "Wandb" in lcfg._target_:
+            import wandb
+
+            run_id = lcfg.get("id") or _resumed_wandb_id(resume_from) or wandb.util.generate_id()
+            offline = bool(lcfg.get("offline")) or not wandb_has_key() or os.environ.get("WANDB_MODE") in (
+                "offline", "dryrun")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / WANDB_ID_FILE).write_text(run_id)
+            loggers.append(instantiate(lcfg, id=run_id, offline=offline, resume="allow"))
+        else:
+            loggers.append(instantiate(lcfg))
+    return loggers
+
+
+def _resumed_wandb_id(ckpt: Path | None) -> str | None:
+    if ckpt is None:
+        return None
+    for folder in (ckpt.parent.parent, ckpt.parent):
+        f = folder / WANDB_ID_FILE
+        if f.is_file():
+            return f.read_text().strip()
+    return None
+
+
+def resolve_checkpoint(path: str | Path | None, prefer: str = "last") -> Path | None:
+    """A checkpoint file, or a run dir -> its ``checkpoints/last.ckpt`` (prefer="last", for resuming) or the best
+    ``checkpoints/epoch_*.ckpt`` (prefer="best", for evaluation). Errors name the path."""
+    if path is None or str(path) == "":
+        return None
+    p = Path(str(path)).expanduser()
+    if p.is_file():
+        return p
+    if p.is_dir():
+        ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        best = sorted(ckpt_dir.glob("epoch_*.ckpt"))
+        last = ckpt_dir / "last.ckpt"
+        order = [last, *best[::-1]] if prefer == "last" else [*best[::-1], last]
+        for c in order:
+            if c.is_file():
+                return c
+        raise FileNotFoundError(f"no checkpoint (last.ckpt or epoch_*.ckpt) in {ckpt_dir}")
+    raise FileNotFoundError(f"checkpoint not found: {p}")
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
+
+
+def log_hyperparameters(cfg: DictConfig, model: pl.LightningModule, trainer: pl.Trainer) -> dict[str, Any]:
+    """Send the resolved config and the parameter counts to every logger (rank zero)."""
+    hp: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    hp.pop("hydra", None)
+    hp.update(count_parameters(model))
+    for lg in trainer.loggers:
+        lg.log_hyperparams(hp)
+    return hp
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=float))

@@ -1,0 +1,98 @@
+"""Drawing keypoints, skeletons and score maps (numpy + cv2; RGB uint8 images)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+
+def palette(n: int) -> np.ndarray:
+    """``n`` distinct RGB colours (uint8 ``[n, 3]``), evenly spaced in hue."""
+    hsv = np.stack([np.linspace(0, 179, n, endpoint=False), np.full(n, 220), np.full(n, 255)], 1)
+    return cv2.cvtColor(hsv.astype(np.uint8)[None], cv2.COLOR_HSV2RGB)[0]
+
+
+def denormalize(image: np.ndarray, normalization: str = "imagenet") -> np.ndarray:
+    """A normalised crop ``[3, H, W]`` float -> RGB uint8 ``[H, W, 3]``."""
+    mean, std = (CLIP_MEAN, CLIP_STD) if normalization == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
+    img = image.transpose(1, 2, 0) * std + mean
+    return np.clip(img * 255.0, 0, 255).astype(np.uint8)
+
+
+def draw_pose(
+    image: np.ndarray,
+    keypoints: np.ndarray,
+    scores: np.ndarray | None = None,
+    skeleton: Sequence[Sequence[int]] = (),
+    threshold: float = 0.3,
+    radius: int | None = None,
+    color: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Draw one instance on a copy of ``image`` (RGB uint8 ``[H, W, 3]``).
+
+    Args:
+        keypoints: ``[K, 2]`` (x, y) in image pixels.
+        scores: ``[K]`` confidences (or visibility flags); keypoints at or below ``threshold`` are not drawn.
+        color: one colour for the whole instance (e.g. ground truth); default: one colour per keypoint.
+    """
+    out = np.ascontiguousarray(image.copy())
+    k = len(keypoints)
+    scores = np.ones(k) if scores is None else np.asarray(scores)
+    colours = palette(max(k, 1))
+    r = radius or max(2, round(max(out.shape[:2]) / 120))
+    shown = (scores > threshold) & np.isfinite(keypoints).all(1)
+    for a, b in skeleton:
+        if a < k and b < k and shown[a] and shown[b]:
+            c = color or tuple(int(v) for v in colours[a])
+            pa = tuple(int(round(v)) for v in keypoints[a])
+            pb = tuple(int(round(v)) for v in keypoints[b])
+            cv2.line(out, pa, pb, c, max(1, r // 2), cv2.LINE_AA)
+    for i in np.flatnonzero(shown):
+        c = color or tuple(int(v) for v in colours[i])
+        cv2.circle(out, tuple(int(round(v)) for v in keypoints[i]), r, c, -1, cv2.LINE_AA)
+    return out
+
+
+def score_map_grid(maps: np.ndarray, labels: Sequence[str] = (), tile: int = 64, cols: int = 6) -> np.ndarray:
+    """Score maps ``[K, h, w]`` (cosine in [-1, 1] or heatmaps) as one RGB mosaic with a label per tile."""
+    k = len(maps)
+    rows = int(np.ceil(k / cols)) if k else 1
+    canvas = np.zeros((rows * (tile + 14), cols * tile, 3), np.uint8)
+    for i, m in enumerate(maps):
+        lo, hi = float(m.min()), float(m.max())
+        norm = ((m - lo) / (hi - lo + 1e-8) * 255).astype(np.uint8)
+        col = cv2.applyColorMap(cv2.resize(norm, (tile, tile), interpolation=cv2.INTER_NEAREST), cv2.COLORMAP_VIRIDIS)
+        r, c = divmod(i, cols)
+        y0 = r * (tile + 14)
+        canvas[y0 + 14: y0 + 14 + tile, c * tile: (c + 1) * tile] = col[..., ::-1]
+        if i < len(labels):
+            cv2.putText(canvas, labels[i][:12], (c * tile + 2, y0 + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.3,
+                        (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
+
+
+def mosaic(images: Sequence[np.ndarray], cols: int = 4, pad: int = 2) -> np.ndarray:
+    """Equal-size RGB images in a grid."""
+    if not images:
+        raise ValueError("mosaic of no images")
+    h, w = images[0].shape[:2]
+    rows = int(np.ceil(len(images) / cols))
+    cols = min(cols, len(images))
+    canvas = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad, 3), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = im
+    return canvas
+
+
+def save_rgb(path, image: np.ndarray) -> None:
+    """Write an RGB uint8 image (PNG/JPEG by extension); raises if cv2 cannot write it."""
+    if not cv2.imwrite(str(path), image[..., ::-1]):
+        raise OSError(f"could not write image {path}")
