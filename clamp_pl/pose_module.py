@@ -173,7 +173,7 @@ class PoseLitModule(pl.LightningModule):
         if split in self.metrics:
             self.metrics[split].update(
                 batch["ann_id"], batch["image_id"], batch["category_id"], torch.from_numpy(kpts),
-                torch.from_numpy(scores),
+                torch.from_numpy(scores), areas=batch["scale"].prod(-1),  # padded crop box, as mmpose's NMS
             )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -48,42 +48,25 @@ def test_data() -> Path:
 
 
 # ---------------------------------------------------------------- Hydra configs for CPU tests
-FAST_OVERRIDES = [
-    "trainer=cpu",
-    "data.num_workers=0",
-    "data.persistent_workers=false",
-    "data.pin_memory=false",
-    "data.n_train=96",
-    "data.n_val=24",
-    "data.n_test=24",
-    "data.batch_size=8",
-    "extras.print_config=false",
-    "~callbacks.rich_progress_bar",
-    "~callbacks.rich_model_summary",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
+# debug=tiny (conf/debug/tiny.yaml): small toy set, 3 train / 2 val / 2 test batches, no bars, no workers
+FAST_OVERRIDES = ["debug=tiny"]
+FAST_EVAL_OVERRIDES = [
+    "data.n_train=96", "data.n_val=24", "data.n_test=24", "data.batch_size=8", "data.num_workers=0",
+    "data.persistent_workers=false", "data.pin_memory=false", "extras.print_config=false",
+    "+trainer.limit_test_batches=2", "+trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
 ]
 
 
 def compose_cfg(config_name: str, overrides, output_dir: Path, data_dir: Path):
     """Compose conf/<config_name>.yaml as the CLI would, with the run dir at ``output_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from clamp_pl.utils.config import config_dir
+    from clamp_pl.utils.config import compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    cfg = compose_config(config_name, list(overrides), output_dir)
     with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-        cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir / "logs")
         cfg.paths.data_dir = str(data_dir)
-    HydraConfig.instance().set_config(cfg)
     return cfg
 
 
@@ -98,7 +81,7 @@ def make_cfg(tmp_path, data_dir):
     """``make_cfg(*overrides, config_name="train", fast=True)`` -> a composed config running in tmp_path."""
 
     def factory(*overrides: str, config_name: str = "train", fast: bool = True):
-        extra = [o for o in FAST_OVERRIDES if config_name == "train" or "callbacks" not in o] if fast else []
+        extra = (FAST_OVERRIDES if config_name == "train" else FAST_EVAL_OVERRIDES) if fast else []
         return compose_cfg(config_name, [*extra, *overrides], tmp_path / "run", data_dir)
 
     yield factory

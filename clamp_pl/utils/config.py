@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -41,3 +41,21 @@ def group_choices(group: str) -> list[str]:
 
 
 register_resolvers()
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as the CLI would, outside ``@hydra.main`` (demo, notebooks, tests),
+    with the run dir at ``output_dir`` (``${hydra:runtime.output_dir}`` resolves to it)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg

@@ -1,0 +1,78 @@
+"""The train and eval entry points on CPU with the toy set and the tiny CLIP: the run-dir contract, checkpoints
+that load with weights_only=True, eval reproducing the train run's test numbers, weights-only init_from."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from clamp_pl.eval import evaluate
+from clamp_pl.train import train
+
+SHORT = ["experiment=supervised_toy"]
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, data_dir) -> Path:
+    from conftest import FAST_OVERRIDES, compose_cfg
+
+    run_dir = tmp_path_factory.mktemp("short") / "run"
+    cfg = compose_cfg("train", [*FAST_OVERRIDES, *SHORT], run_dir, data_dir)
+    metrics, objs = train(cfg)
+    assert "test/AP" in metrics
+    return run_dir
+
+
+def test_fast_dev_run(make_cfg):
+    cfg = make_cfg("experiment=supervised_toy", "trainer.fast_dev_run=true")
+    metrics, objs = train(cfg)
+    assert objs["trainer"].state.finished
+    for key in ("train/loss", "train/loss_heatmap", "train/loss_spatial", "train/loss_feature"):
+        assert key in metrics and torch.isfinite(torch.tensor(metrics[key]))
+
+
+def test_run_dir_contract(short_run):
+    assert (short_run / "checkpoints" / "last.ckpt").is_file()
+    assert list((short_run / "checkpoints").glob("epoch_*.ckpt"))
+    results = json.loads((short_run / "results.json").read_text())
+    assert set(results) >= {"test/AP", "test/AP50", "test/AP75", "test/AR"}
+    assert all(isinstance(v, float) for v in results.values())
+    with open(short_run / "metrics.csv") as fh:
+        header = next(csv.reader(fh))
+    assert "train/loss_heatmap" in header and "val/AP" in header
+    preds = json.loads((short_run / "predictions" / "test_predictions.json").read_text())
+    assert preds and {"image_id", "category_id", "keypoints", "score"} <= set(preds[0])
+    assert len(preds[0]["keypoints"]) == 17 * 3
+    split = json.loads((short_run / "split.json").read_text())
+    assert split["protocol"]["name"] == "supervised"
+
+
+def test_checkpoint_loads_weights_only(short_run):
+    ckpt = torch.load(short_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["prompts"][2] == "nose" and len(hp["flip_indices"]) == 17
+    assert "rng_states" in ckpt
+
+
+def test_eval_reproduces_test_metrics(short_run, make_cfg):
+    results = json.loads((short_run / "results.json").read_text())
+    cfg = make_cfg("experiment=supervised_toy", f"ckpt_path={short_run}", config_name="eval")
+    metrics, _ = evaluate(cfg)
+    assert metrics["test/AP"] == pytest.approx(results["test/AP"], abs=1e-6)
+
+
+def test_init_from_loads_weights(short_run, make_cfg):
+    from clamp_pl.pose_module import PoseLitModule
+    from clamp_pl.train import build_datamodule, build_model
+
+    cfg = make_cfg("experiment=fewshot_toy", f"init_from={short_run}")
+    dm = build_datamodule(cfg, None)
+    model = build_model(cfg, dm)
+    model.load_weights_from(short_run / "checkpoints" / "last.ckpt")
+    ref = PoseLitModule.load_from_checkpoint(short_run / "checkpoints" / "last.ckpt", weights_only=True)
+    for (k, a), (_, b) in zip(model.net.state_dict().items(), ref.net.state_dict().items()):
+        assert torch.equal(a, b), k
