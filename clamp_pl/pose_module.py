@@ -79,7 +79,8 @@ class PoseLitModule(pl.LightningModule):
         net = dict(net)
         net.pop("heatmap_size", None)
         self.net = CLAMP(prompts=list(prompts), heatmap_size=tuple(heatmap_size), **net)
-        if self.net.stride != feature_stride:
+        stride = self.net.stride if isinstance(self.net.stride, tuple) else (self.net.stride,) * 2
+        if tuple(stride) != (feature_stride, feature_stride):
             raise ValueError(
                 f"model.feature_stride={feature_stride} but {net.get('clip_model')} has stride {self.net.stride}"
             )
@@ -141,7 +142,7 @@ class PoseLitModule(pl.LightningModule):
                 log.warning("%s: step skipped (%d so far)", msg, self.nonfinite_steps)
             return None
         bs = batch["image"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs, prog_bar=False)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
         self.log("train/loss", loss.detach(), batch_size=bs, prog_bar=True)
         if out.get("logit_scale") is not None:
             self.log("train/logit_scale", out["logit_scale"].detach(), batch_size=bs)
