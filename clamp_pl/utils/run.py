@@ -9,6 +9,7 @@ import logging
 import netrc
 import os
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -91,13 +92,11 @@ def instantiate_loggers(cfg: DictConfig | None, run_dir: Path, resume_from: Path
     if not cfg:
         return []
     loggers = []
-    for name, lcfg in cfg.items():
+    for lcfg in cfg.values():
         if not isinstance(lcfg, DictConfig) or "_target_" not in lcfg:
             continue
         if "Wandb" in lcfg._target_:
-            import wandb
-
-            run_id = lcfg.get("id") or _resumed_wandb_id(resume_from) or wandb.util.generate_id()
+            run_id = lcfg.get("id") or _resumed_wandb_id(resume_from) or uuid.uuid4().hex[:8]
             offline = bool(lcfg.get("offline")) or not wandb_has_key() or os.environ.get("WANDB_MODE") in (
                 "offline", "dryrun")
             run_dir.mkdir(parents=True, exist_ok=True)

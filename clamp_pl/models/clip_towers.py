@@ -1,0 +1,411 @@
+"""open_clip towers adapted for dense prediction (CLAMP §1.2-1.3).
+
+Any open_clip model with a ``ModifiedResNet`` (RN50, RN101, ...) or a class-token ``VisionTransformer``
+(ViT-B-16, ViT-L-14, ...) image tower and a CLIP text transformer can be used. Weights come from
+
+* ``pretrained=None``: random init, never touches the network (tests, the tiny configs);
+* a local checkpoint file: an open_clip/OpenAI state dict (optionally under ``'state_dict'``, optionally
+  with ``module.`` prefixes) or an original OpenAI TorchScript release file (``RN50.pt``, ``ViT-B-16.pt``);
+* an open_clip tag (``'openai'``, ``'laion2b_s34b_b88k'``, ...): downloaded by open_clip on request.
+
+The image tower is built at the training resolution, so the positional embeddings of a checkpoint trained at
+another resolution are bilinearly resized on load (the ViT token grid and the RN attention-pool grid; open_clip
+itself only resizes the ViT grid). Loading is strict.
+
+Deviations from the official CLAMP backbones (documented, deliberate):
+* The class embedding is added once (the official ViT adds it twice, spec Q3).
+* RN attention-pool positional embeddings are resized once at load instead of re-interpolated from the 7x7
+  grid in every forward; the forward pass still interpolates when the input grid differs from the built one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+_registered = False
+
+
+def register_tiny_configs() -> None:
+    """Register the package's open_clip configs (``clamp-tiny-rn``, ``clamp-tiny-vit``); idempotent."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+# --------------------------------------------------------------------------------------------------------------
+# checkpoint reading and loading
+
+
+def _is_torchscript_archive(path: str | Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """Read a CLIP checkpoint file into a flat state dict.
+
+    Returns ``(state_dict, is_openai_torchscript)``. Plain files are read with ``weights_only=True``; the
+    original OpenAI releases are TorchScript archives, which only ``torch.jit.load`` can read (that executes
+    the archive's TorchScript code, so only use files you trust).
+    """
+    path = Path(path)
+    if _is_torchscript_archive(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load deprecation: no other reader exists
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        is_jit = True
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        is_jit = False
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path}: not a state dict (got {type(state).__name__})")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    for key in _OPENAI_META_KEYS:
+        state.pop(key, None)
+    return state, is_jit
+
+
+def _resize_grid(pos: torch.Tensor, new_hw: tuple[int, int], what: str, verbose: bool = False) -> torch.Tensor:
+    """Bilinearly resize a ``[1 + h*w, C]`` positional table (first row: class/mean token) to ``new_hw``."""
+    n = pos.shape[0] - 1
+    old = int(round(math.sqrt(n)))
+    if old * old != n:
+        raise ValueError(f"{what}: {n} grid positions do not form a square grid")
+    if (old, old) == tuple(new_hw):
+        return pos
+    if verbose:
+        log.info("Resizing %s from %dx%d to %dx%d", what, old, old, *new_hw)
+    grid = pos[1:].float().reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    # bilinear, align_corners=False: what the official CLAMP/DenseCLIP backbones do
+    grid = F.interpolate(grid, size=tuple(new_hw), mode="bilinear", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(new_hw[0] * new_hw[1], -1).to(pos.dtype)
+    return torch.cat([pos[:1], grid], dim=0)
+
+
+def resize_vision_pos_embeds(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
+    """Resize, in place, the image-tower positional tables of ``state_dict`` to the grids of ``model``."""
+    visual = model.visual
+    if isinstance(visual, VisionTransformer):
+        key = "visual.positional_embedding"
+        if key in state_dict:
+            state_dict[key] = _resize_grid(state_dict[key], tuple(visual.grid_size), key, verbose=True)
+    elif isinstance(visual, ModifiedResNet):
+        key = "visual.attnpool.positional_embedding"
+        if key in state_dict:
+            side = int(round(math.sqrt(visual.attnpool.positional_embedding.shape[0] - 1)))
+            state_dict[key] = _resize_grid(state_dict[key], (side, side), key, verbose=True)
+
+
+def load_clip_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a full CLIP state dict into an open_clip model strictly, resizing positional grids first."""
+    state_dict = dict(state_dict)
+    # TorchScript archives also store non-persistent buffers (the causal mask)
+    transient = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+    for key in transient:
+        state_dict.pop(key, None)
+    resize_vision_pos_embeds(state_dict, model)
+    if "logit_scale" in state_dict and model.logit_scale.ndim != state_dict["logit_scale"].ndim:
+        state_dict["logit_scale"] = state_dict["logit_scale"].reshape(model.logit_scale.shape)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def build_clip(
+    model_name: str,
+    pretrained: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    quick_gelu: bool | None = None,
+    cache_dir: str | None = None,
+) -> nn.Module:
+    """Create an open_clip CLIP model at ``image_size`` and load ``pretrained`` weights into it.
+
+    Args:
+        model_name: open_clip architecture name (``"ViT-B-16"``, ``"RN50"``, ``"clamp-tiny-vit"``, ...).
+        pretrained: None (random init), a local checkpoint path, or an open_clip pretrained tag (downloads).
+        image_size: square input side; None keeps the config's size.
+        quick_gelu: activation override. None picks what the weights were trained with: the tag's setting
+            (True for ``'openai'``), True for OpenAI TorchScript files, else the architecture config's default.
+    """
+    register_tiny_configs()
+    name = model_name.replace("/", "-")
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip model '{model_name}'; available: {open_clip.list_models()}")
+    state_dict = None
+    default_qg = bool(cfg.get("quick_gelu", False))
+    if pretrained is not None and str(pretrained) != "":
+        if os.path.isfile(pretrained):
+            state_dict, is_jit = read_checkpoint(pretrained)
+            default_qg = default_qg or is_jit
+        else:
+            tag_cfg = open_clip.get_pretrained_cfg(name, str(pretrained))
+            if not tag_cfg:
+                raise ValueError(
+                    f"pretrained='{pretrained}' is neither a file nor an open_clip tag of '{name}' "
+                    f"(tags: {open_clip.list_pretrained_tags_by_model(name)})"
+                )
+            path = open_clip.download_pretrained(tag_cfg, cache_dir=cache_dir)
+            state_dict, _ = read_checkpoint(path)
+            default_qg = bool(tag_cfg.get("quick_gelu", default_qg))
+    qg = default_qg if quick_gelu is None else bool(quick_gelu)
+    # open_clip is given pretrained=None (it cannot resize the RN attention pool), so silence its
+    # "initialized randomly" warning when the weights are loaded right after
+    quiet = _DropMessage("No pretrained weights loaded") if state_dict is not None else None
+    root = logging.getLogger()
+    if quiet:
+        root.addFilter(quiet)
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_image_size=image_size, quick_gelu=qg)
+    finally:
+        if quiet:
+            root.removeFilter(quiet)
+    if state_dict is not None:
+        load_clip_weights(model, state_dict)
+    return model
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# stochastic depth for open_clip ViT blocks
+
+
+class _DropPathHook:
+    """Forward hook on a residual block's ``ls_1``/``ls_2`` (the last op of each residual branch).
+
+    Zeroes the branch per sample with probability ``p`` in training and rescales the kept ones by 1/(1-p),
+    i.e. timm's DropPath, without touching open_clip's modules or their state-dict keys.
+    """
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        if not module.training or self.p == 0.0:
+            return out
+        keep = 1.0 - self.p
+        mask = out.new_empty((out.shape[0],) + (1,) * (out.ndim - 1)).bernoulli_(keep)
+        return out * mask / keep
+
+
+# --------------------------------------------------------------------------------------------------------------
+# towers
+
+
+class DenseImageTower(nn.Module):
+    """CLIP image encoder returning dense, CLIP-space pixel embeddings.
+
+    ``forward(x [B,3,H,W]) -> (feature_map [B,Cf,gh,gw], global_emb [B,D], pixel_emb [B,D,gh,gw])``
+
+    * ViT: ``feature_map`` = last-block patch tokens (class token dropped, before ``ln_post``; Cf = width);
+      ``pixel_emb`` = every patch token through ``ln_post`` and ``proj``; ``global_emb`` = the class token
+      through the same. Row-major token order, so ``pixel_emb[:, :, r, c]`` is the patch at row r, column c.
+    * ModifiedResNet: ``feature_map`` = layer4 (Cf = 32*width, 2048 for RN50); the attention pool runs over
+      the whole token set [mean; pixels] with every token as a query (DenseCLIP): its per-pixel outputs are
+      ``pixel_emb`` (D = 1024 for RN50) and the mean-token output is ``global_emb``.
+
+    Attributes: ``out_channels`` (Cf), ``embed_dim`` (D), ``grid_size`` (gh, gw) and ``stride`` (sy, sx) at the
+    built ``image_size``; inputs of another size also work (positional tables interpolated on the fly).
+
+    ``drop_path_rate``: stochastic depth, linear 0 -> rate over the ViT blocks (CLAMP uses 0.4 for ViTs);
+    not supported for ResNets (CLAMP uses none there).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | os.PathLike | None,
+        image_size: int,
+        drop_path_rate: float = 0.0,
+        quick_gelu: bool | None = None,
+        *,
+        clip_model: nn.Module | None = None,
+    ) -> None:
+        """``clip_model``: an already built (and loaded) open_clip model to take the image tower from, so that
+        CLAMP builds and loads CLIP once for both towers; the other arguments then only describe it."""
+        super().__init__()
+        if not isinstance(image_size, int):
+            raise TypeError(f"image_size must be an int (square input), got {image_size!r}")
+        if clip_model is None:
+            clip_model = build_clip(model_name, pretrained, image_size, quick_gelu)
+        visual = clip_model.visual
+        self.model_name = model_name
+        self.image_size = image_size
+        if isinstance(visual, VisionTransformer):
+            if visual.attn_pool is not None or visual.pool_type != "tok" or visual.proj is None:
+                raise ValueError(f"{model_name}: dense CLAMP features need a class-token ViT with a projection")
+            self.kind = "vit"
+            self.out_channels = visual.transformer.width
+            self.embed_dim = visual.proj.shape[1]
+            self.stride = tuple(visual.patch_size)
+            self.grid_size = (image_size // self.stride[0], image_size // self.stride[1])
+            self._add_drop_path(visual, drop_path_rate)
+        elif isinstance(visual, ModifiedResNet):
+            if drop_path_rate:
+                raise ValueError("drop_path_rate is only supported for ViT towers")
+            self.kind = "rn"
+            self.out_channels = visual.attnpool.k_proj.in_features
+            self.embed_dim = visual.attnpool.c_proj.out_features
+            self.stride = (32, 32)
+            self.grid_size = (image_size // 32, image_size // 32)
+        else:
+            raise ValueError(f"{model_name}: unsupported image tower {type(visual).__name__}")
+        self.visual = visual
+
+    @staticmethod
+    def _add_drop_path(visual: VisionTransformer, rate: float) -> None:
+        if rate <= 0:
+            return
+        if not visual.transformer.batch_first:
+            raise ValueError("drop path expects a batch-first open_clip transformer")
+        blocks = visual.transformer.resblocks
+        for i, blk in enumerate(blocks):
+            p = rate * i / max(len(blocks) - 1, 1)
+            if p > 0:
+                blk.ls_1.register_forward_hook(_DropPathHook(p))
+                blk.ls_2.register_forward_hook(_DropPathHook(p))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._forward_vit(x) if self.kind == "vit" else self._forward_rn(x)
+
+    def _forward_vit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        v = self.visual
+        x = v.conv1(x)  # [B, W, gh, gw]
+        b, w, gh, gw = x.shape
+        x = x.flatten(2).transpose(1, 2)  # [B, gh*gw, W], row-major
+        cls = v.class_embedding.to(x.dtype).view(1, 1, w).expand(b, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + _resize_grid(v.positional_embedding, (gh, gw), "visual.positional_embedding").to(x.dtype)
+        x = v.ln_pre(x)
+        x = v.transformer(x)  # [B, 1+gh*gw, W]
+        feature_map = x[:, 1:].transpose(1, 2).reshape(b, w, gh, gw)
+        emb = v.ln_post(x) @ v.proj  # [B, 1+gh*gw, D]
+        global_emb = emb[:, 0]
+        pixel_emb = emb[:, 1:].transpose(1, 2).reshape(b, -1, gh, gw)
+        return feature_map, global_emb, pixel_emb
+
+    def _forward_rn(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        v = self.visual
+        x = v.stem(x)
+        x = v.layer4(v.layer3(v.layer2(v.layer1(x))))
+        feature_map = x  # [B, Cf, gh, gw]
+        b, c, gh, gw = x.shape
+        ap = v.attnpool
+        tokens = x.flatten(2).permute(2, 0, 1)  # [gh*gw, B, C]
+        tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
+        pos = _resize_grid(ap.positional_embedding, (gh, gw), "visual.attnpool.positional_embedding")
+        tokens = tokens + pos[:, None, :].to(tokens.dtype)
+        out, _ = F.multi_head_attention_forward(
+            query=tokens,
+            key=tokens,
+            value=tokens,
+            embed_dim_to_check=c,
+            num_heads=ap.num_heads,
+            q_proj_weight=ap.q_proj.weight,
+            k_proj_weight=ap.k_proj.weight,
+            v_proj_weight=ap.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([ap.q_proj.bias, ap.k_proj.bias, ap.v_proj.bias]),
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=ap.c_proj.weight,
+            out_proj_bias=ap.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=self.training,
+            need_weights=False,
+        )  # [1+gh*gw, B, D]
+        global_emb = out[0]
+        pixel_emb = out[1:].permute(1, 2, 0).reshape(b, -1, gh, gw)
+        return feature_map, global_emb, pixel_emb
+
+
+class TextTower(nn.Module):
+    """The frozen CLIP text transformer, run on token *embeddings* so that prompts can contain learned vectors.
+
+    Holds open_clip's ``token_embedding``, ``positional_embedding``, ``transformer``, ``ln_final``,
+    ``text_projection`` and causal ``attn_mask``. All parameters have ``requires_grad=False`` and the module
+    stays in eval mode whatever ``train()`` is called with; gradients still flow *through* it to its inputs.
+
+    ``forward(x [K,L,W], eot_index [K]) -> [K,D]``: adds ``positional_embedding[:L]``, runs the transformer
+    with the causal mask cropped to L x L, and reads out ``ln_final`` + projection at ``eot_index``. Thanks to
+    the causal mask, running on L < context_length tokens gives the same EOT feature as the full context.
+    """
+
+    def __init__(self, clip_model: nn.Module, model_name: str) -> None:
+        super().__init__()
+        src = getattr(clip_model, "text", clip_model)  # CustomTextCLIP keeps the tower under .text
+        pool_type = getattr(src, "text_pool_type", getattr(src, "pool_type", "argmax"))
+        if pool_type != "argmax" or getattr(src, "cls_emb", None) is not None:
+            raise ValueError(f"{model_name}: CLAMP prompts need a CLIP-style (argmax/EOT pooled) text tower")
+        if getattr(src, "attn_mask", None) is None:
+            raise ValueError(f"{model_name}: the text tower has no causal mask")
+        self.model_name = model_name
+        self.token_embedding = src.token_embedding
+        self.positional_embedding = src.positional_embedding
+        self.transformer = src.transformer
+        self.ln_final = src.ln_final
+        self.text_projection = src.text_projection
+        self.register_buffer("attn_mask", src.attn_mask.clone(), persistent=False)
+        self.context_length = self.positional_embedding.shape[0]
+        self.width = self.token_embedding.embedding_dim
+        if self.text_projection is None:
+            self.embed_dim = self.width
+        elif isinstance(self.text_projection, nn.Linear):
+            self.embed_dim = self.text_projection.out_features
+        else:
+            self.embed_dim = self.text_projection.shape[1]
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> TextTower:
+        """Frozen: stays in eval mode."""
+        return super().train(False)
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[K, L]`` -> token embeddings ``[K, L, W]``."""
+        return self.token_embedding(token_ids)
+
+    def forward(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        length = x.shape[1]
+        if length > self.context_length:
+            raise ValueError(f"sequence of {length} tokens exceeds the context length {self.context_length}")
+        cast = self.transformer.get_cast_dtype()
+        x = (x + self.positional_embedding[:length]).to(cast)
+        x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+        x = x[torch.arange(x.shape[0], device=x.device), eot_index]  # [K, W]
+        x = self.ln_final(x)  # per-token LayerNorm: applying it to the EOT token only is exact
+        if self.text_projection is None:
+            return x
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        return x @ self.text_projection

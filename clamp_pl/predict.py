@@ -1,0 +1,284 @@
+"""Predict keypoints on images: ``python -m clamp_pl.predict ckpt_path=<.ckpt or run dir> input=<image or folder>
+[boxes=<detections.json>] [score_threshold=0.3] [flip_test=true] [output_dir=<folder>]``.
+
+Input: one image file, or every image directly inside a folder (not recursive; suffixes in
+:data:`clamp_pl.api.IMAGE_SUFFIXES`, sorted by name).
+
+Boxes: without ``boxes`` each image gets one whole-image box ``[0, 0, W, H]`` (score 1, ``category_id`` from the
+config). With ``boxes`` the file is a COCO detections list ``[{"image_id", "bbox": [x, y, w, h], "score",
+"category_id"?}, ...]`` or a COCO dict with ``"annotations"`` (and optionally ``"images"``); detections below
+``box_threshold`` and boxes without area are ignored. Detections are matched to files by this rule:
+
+1. if an images list is available (the ``"images"`` of the boxes file, or the COCO json ``image_list``), an
+   ``image_id`` names its ``file_name``, which matches an input file by its path relative to the input folder,
+   else by its base name;
+2. otherwise an ``image_id`` matches the file whose name stem equals it as text, or whose stem is all digits
+   with the same integer value (COCO's zero-padded ``000000000139.jpg`` is image 139).
+
+Images without a detection get no prediction; detections that name no input file are counted and reported.
+
+Outputs (``output_dir``, by default this command's run dir): ``predictions.json`` (COCO keypoint results plus
+``file_name`` and ``bbox``: ``keypoints`` flat ``[x, y, score] * K`` in image pixels, ``score`` = box score x
+mean keypoint score above 0.2), ``vis/<stem>.jpg`` (skeletons; keypoints at or below ``score_threshold`` are not
+drawn) and, when some images could not be read, ``errors.json``. An unreadable image is reported (the message
+names the file) and skipped; the command fails only when the input does not exist or every image failed.
+The ``image_id`` of an output is the detection's; without boxes it is the stem's integer value when every stem
+is a distinct integer, else the file's position in the sorted list.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from clamp_pl.api import IMAGE_SUFFIXES, ImageReadError, PoseEstimator, load_model, read_image
+from clamp_pl.evaluation import write_results
+from clamp_pl.utils.config import config_dir
+from clamp_pl.utils.run import task_wrapper
+from clamp_pl.visualization import draw_pose, save_rgb
+
+log = logging.getLogger("clamp_pl")
+
+__all__ = ["AllImagesFailed", "ImageJob", "list_images", "match_detections", "predict", "run_prediction"]
+
+
+class AllImagesFailed(RuntimeError):
+    """No input image could be read."""
+
+
+@dataclass
+class ImageJob:
+    """One input image: its file, its name relative to the input folder, its id and its detections (None =
+    whole-image box)."""
+
+    path: Path
+    file_name: str
+    image_id: int
+    detections: list[dict[str, Any]] | None = None
+
+
+def list_images(input_path: str | Path) -> tuple[Path, list[Path]]:
+    """``(root, files)``: the image itself, or the images directly inside a folder (sorted)."""
+    p = Path(str(input_path)).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"input not found: {p}")
+    if p.is_file():
+        return p.parent, [p]
+    files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({' '.join(IMAGE_SUFFIXES)}) in {p}")
+    return p, files
+
+
+def _default_ids(files: Sequence[Path]) -> list[int]:
+    stems = [f.stem for f in files]
+    if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(len(files)))
+
+
+def _read_json(path: str | Path, what: str) -> Any:
+    path = Path(str(path)).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def load_detections(
+    boxes_file: str | Path, image_list: str | Path | None = None, box_threshold: float = 0.0
+) -> tuple[list[dict[str, Any]], dict[int, str] | None]:
+    """Detections (each with ``image_id``, ``bbox``, ``score``, optional ``category_id``) and the id -> file
+    name map when an images list is available."""
+    data = _read_json(boxes_file, "boxes")
+    images = None
+    if isinstance(data, dict):
+        if "annotations" not in data:
+            raise ValueError(f"{boxes_file}: expected a detections list or a COCO dict with 'annotations'")
+        images = data.get("images")
+        data = data["annotations"]
+    if image_list:
+        listed = _read_json(image_list, "image_list")
+        images = listed.get("images") if isinstance(listed, dict) else None
+        if images is None:
+            raise ValueError(f"{image_list}: expected a COCO json with an 'images' list")
+    dets, dropped = [], 0
+    for n, d in enumerate(data):
+        if not isinstance(d, dict) or "image_id" not in d or "bbox" not in d:
+            raise ValueError(f"{boxes_file}: detection {n} needs 'image_id' and 'bbox', got {d!r}")
+        bbox = [float(v) for v in d["bbox"]]
+        score = float(d.get("score", 1.0))
+        if len(bbox) != 4 or not np.isfinite(bbox).all() or bbox[2] <= 0 or bbox[3] <= 0 or score < box_threshold:
+            dropped += 1
+            continue
+        det = {"image_id": d["image_id"], "bbox": bbox, "score": score}
+        if d.get("category_id") is not None:
+            det["category_id"] = int(d["category_id"])
+        dets.append(det)
+    if dropped:
+        log.info("%s: %d detections ignored (below box_threshold=%s or without area)", boxes_file, dropped,
+                 box_threshold)
+    id_to_name = None if images is None else {im["id"]: str(im["file_name"]) for im in images}
+    return dets, id_to_name
+
+
+def match_detections(
+    root: Path, files: Sequence[Path], detections: Sequence[dict[str, Any]], id_to_name: dict[Any, str] | None
+) -> tuple[list[ImageJob], int]:
+    """Jobs (one per file, with its detections) and the number of detections that matched no file."""
+    rel = {f: f.relative_to(root).as_posix() for f in files}
+    by_rel = {r: f for f, r in rel.items()}
+    by_base: dict[str, list[Path]] = defaultdict(list)
+    for f in files:
+        by_base[f.name].append(f)
+    by_stem: dict[str, Path] = {}
+    for f in files:
+        by_stem.setdefault(f.stem, f)
+        if f.stem.isdigit():
+            by_stem.setdefault(str(int(f.stem)), f)
+
+    def file_of(image_id: Any) -> Path | None:
+        if id_to_name is not None:
+            name = id_to_name.get(image_id)
+            if name is None:
+                return None
+            if name in by_rel:
+                return by_rel[name]
+            base = by_base.get(Path(name).name, [])
+            return base[0] if len(base) == 1 else None
+        key = str(image_id)
+        return by_stem.get(key) or (by_stem.get(str(int(key))) if key.isdigit() else None)
+
+    dets_of: dict[Path, list[dict[str, Any]]] = defaultdict(list)
+    ids_of: dict[Path, Any] = {}
+    unmatched = 0
+    for d in detections:
+        f = file_of(d["image_id"])
+        if f is None:
+            unmatched += 1
+            continue
+        dets_of[f].append(d)
+        ids_of.setdefault(f, d["image_id"])
+    fallback = _default_ids(files)
+    jobs = [ImageJob(f, rel[f], ids_of.get(f, fallback[i]), dets_of.get(f, [])) for i, f in enumerate(files)]
+    return jobs, unmatched
+
+
+def _draw(image: np.ndarray, instances: Sequence[dict[str, Any]], skeleton, threshold: float) -> np.ndarray:
+    out = image
+    thick = max(1, round(max(image.shape[:2]) / 400))
+    for inst in instances:
+        x, y, w, h = (int(round(v)) for v in inst["bbox"])
+        out = np.ascontiguousarray(out)
+        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 255, 255), thick, cv2.LINE_AA)
+        out = draw_pose(out, inst["keypoints"], inst["scores"], skeleton, threshold=threshold)
+    return out
+
+
+def run_prediction(
+    est: PoseEstimator,
+    jobs: Sequence[ImageJob],
+    output_dir: Path,
+    *,
+    score_threshold: float = 0.3,
+    flip_test: bool = True,
+    batch_size: int = 16,
+    category_id: int = 1,
+    visualize: bool = True,
+) -> dict[str, Any]:
+    """Predict every job, write ``predictions.json``, ``vis/`` and ``errors.json``; returns a summary
+    ``{"images", "predicted", "failed", "instances", "errors": [{"file", "error"}], "predictions": path}``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    vis_dir = output_dir / "vis"
+    if visualize:
+        vis_dir.mkdir(exist_ok=True)
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, str]] = []
+    done = 0
+    with tqdm(total=len(jobs), desc="predict", unit="img", dynamic_ncols=True) as bar:
+        # chunks of images, so that crops of several images share a forward pass
+        for start in range(0, len(jobs), batch_size):
+            loaded = []
+            for job in jobs[start:start + batch_size]:
+                try:
+                    loaded.append((job, read_image(job.path)))
+                except ImageReadError as e:
+                    errors.append({"file": str(job.path), "error": str(e)})
+                    log.error("skipped: %s", e)
+            preds = est.predict([img for _, img in loaded], [job.detections for job, _ in loaded],
+                                flip_test=flip_test, batch_size=batch_size) if loaded else []
+            for (job, img), instances in zip(loaded, preds):
+                done += 1
+                for inst in instances:
+                    kpts = np.concatenate([inst["keypoints"], inst["scores"][:, None]], axis=1)
+                    results.append({
+                        "file_name": job.file_name,
+                        "image_id": job.image_id,
+                        "category_id": inst["category_id"] if inst["category_id"] is not None else category_id,
+                        "keypoints": [round(float(v), 3) for v in kpts.ravel()],
+                        "score": float(inst["score"]),
+                        "bbox": [round(v, 2) for v in inst["bbox"]],
+                    })
+                if visualize:
+                    name = Path(job.file_name).with_suffix(".jpg").as_posix().replace("/", "__")
+                    save_rgb(vis_dir / name, _draw(img, instances, est.meta["skeleton"], score_threshold))
+            bar.update(len(jobs[start:start + batch_size]))
+    pred_path = write_results(output_dir / "predictions.json", results)
+    if errors:
+        (output_dir / "errors.json").write_text(json.dumps(errors, indent=1))
+    return {"images": len(jobs), "predicted": done, "failed": len(errors), "instances": len(results),
+            "errors": errors, "predictions": pred_path}
+
+
+@task_wrapper
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """The ``clamp_pl.predict`` command (see the module docstring). Raises :class:`AllImagesFailed` when no
+    image could be read."""
+    root, files = list_images(cfg.input)
+    if cfg.get("boxes"):
+        dets, id_to_name = load_detections(cfg.boxes, cfg.get("image_list"), float(cfg.box_threshold))
+        jobs, unmatched = match_detections(root, files, dets, id_to_name)
+        if unmatched:
+            log.warning("%d of %d detections match no input image (see the matching rule in clamp_pl.predict)",
+                        unmatched, len(dets))
+        empty = sum(not j.detections for j in jobs)
+        if empty:
+            log.warning("%d of %d images have no detection: no prediction for them", empty, len(jobs))
+    else:
+        jobs = [ImageJob(f, f.relative_to(root).as_posix(), i) for f, i in zip(files, _default_ids(files))]
+    est = load_model(cfg.ckpt_path, device=cfg.get("device"), normalization=cfg.get("normalization"))
+    out = Path(cfg.output_dir)
+    summary = run_prediction(
+        est, jobs, out, score_threshold=float(cfg.score_threshold), flip_test=bool(cfg.flip_test),
+        batch_size=int(cfg.batch_size), category_id=int(cfg.category_id), visualize=bool(cfg.visualize),
+    )
+    log.info("%d images: %d predicted (%d instances), %d failed; results in %s", summary["images"],
+             summary["predicted"], summary["instances"], summary["failed"], out)
+    if summary["failed"]:
+        log.warning("unreadable images (%d): %s (listed in %s)", summary["failed"],
+                    ", ".join(e["file"] for e in summary["errors"][:5]), out / "errors.json")
+        if summary["failed"] == summary["images"]:
+            raise AllImagesFailed(f"all {summary['images']} images failed to load (see {out / 'errors.json'})")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""DeepLabCut import: CSV parsing (single/multi-animal, 1/3 index columns), COCO conversion of the 116 real
+embedded openfield frames, contiguous held-out blocks."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+import pytest
+from xtcocotools.coco import COCO
+
+from clamp_pl.data.dlc import (
+    RESOURCE_DIR,
+    dlc_to_coco,
+    ensure_mouse_openfield,
+    keypoint_box,
+    read_dlc_csv,
+    read_dlc_labels,
+)
+from clamp_pl.data.metainfo import meta_from_coco
+
+EMBEDDED_CSV = RESOURCE_DIR / "labeled-data" / "m4s1" / "CollectedData_Pranav.csv"
+BODYPARTS = ["snout", "leftear", "rightear", "tailbase"]
+
+
+def test_read_embedded_csv():
+    frames, bodyparts, coords = read_dlc_csv(EMBEDDED_CSV)
+    assert bodyparts == BODYPARTS
+    assert len(frames) == 116 and frames[0] == "labeled-data/m4s1/img0000.jpg"
+    assert frames == sorted(frames)
+    assert coords.shape == (116, 4, 2) and not np.isnan(coords).any()
+    assert np.all((coords >= 0) & (coords <= [319, 239]))
+    # Half of the original labels (pixel-centre convention): 0.5 * 21.521 - 0.25 for img0000's snout x.
+    assert coords[0, 0, 0] == pytest.approx(10.5105)
+
+
+def test_read_variants(tmp_path):
+    """Empty cells are unlabelled; DLC >= 2.3 three-column frame index; multi-animal header."""
+    single = tmp_path / "CollectedData_a.csv"
+    single.write_text(
+        "scorer,,,me,me,me,me\n"
+        "bodyparts,,,nose,nose,tail,tail\n"
+        "coords,,,x,y,x,y\n"
+        "labeled-data,v1,img2.png,1,2,,\n"
+        "labeled-data,v1,img1.png,3,4,5,6\n"
+    )
+    frames, bodyparts, coords = read_dlc_csv(single)
+    assert frames == ["labeled-data/v1/img1.png", "labeled-data/v1/img2.png"] and bodyparts == ["nose", "tail"]
+    assert np.isnan(coords[1, 1]).all() and coords[1, 0].tolist() == [1, 2] and coords[0, 1].tolist() == [5, 6]
+
+    multi = tmp_path / "CollectedData_b.csv"
+    multi.write_text(
+        "scorer,me,me,me,me,me,me\n"
+        "individuals,m1,m1,m2,m2,single,single\n"
+        "bodyparts,nose,nose,nose,nose,led,led\n"
+        "coords,x,y,x,y,x,y\n"
+        "labeled-data/v/img0.png,1,2,3,4,9,9\n"
+    )
+    labels = read_dlc_labels(multi)
+    assert labels.individuals == ["m1", "m2"] and labels.bodyparts == ["nose"]  # maDLC "single" dropped
+    assert labels.coords.shape == (1, 2, 1, 2) and labels.coords[0, 1, 0].tolist() == [3, 4]
+    with pytest.raises(ValueError, match="multi-animal"):
+        read_dlc_csv(multi)
+    bad = tmp_path / "CollectedData_c.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="CollectedData_c.csv"):
+        read_dlc_csv(bad)
+
+
+def test_keypoint_box_margin_and_clip():
+    xy = np.array([[10.0, 20.0], [50.0, 30.0], [np.nan, np.nan]])
+    assert keypoint_box(xy, (100, 100), margin=0.25) == [0.0, 10.0, 60.0, 30.0]  # pad 10, clipped at x=0
+    assert keypoint_box(np.array([[5.0, 5.0]]), (100, 100), margin=0.25, min_margin=4) == [1.0, 1.0, 8.0, 8.0]
+    assert keypoint_box(np.full((2, 2), np.nan), (100, 100)) is None
+
+
+def test_mouse_openfield_conversion(tmp_path):
+    paths = ensure_mouse_openfield(tmp_path)
+    frames, _, coords = read_dlc_csv(EMBEDDED_CSV)
+    seen = {}
+    for split, block in (("train", range(0, 90)), ("val", range(90, 100)), ("test", range(100, 116))):
+        coco = COCO(str(paths[split]))
+        assert [c["keypoints"] for c in coco.cats.values()] == [BODYPARTS]
+        names = sorted(img["file_name"] for img in coco.imgs.values())
+        # A contiguous block of the video: exactly these frame indices.
+        assert names == [f"m4s1/img{i:04d}.jpg" for i in block]
+        assert len(coco.anns) == len(block)
+        for ann in coco.anns.values():
+            img = coco.imgs[ann["image_id"]]
+            assert (img["width"], img["height"]) == (320, 240)
+            assert (paths["images"] / img["file_name"]).is_file()
+            k = np.array(ann["keypoints"], float).reshape(4, 3)
+            assert ann["num_keypoints"] == 4 and np.all(k[:, 2] == 2)
+            i = int(img["file_name"][-8:-4])
+            assert np.allclose(k[:, :2], coords[i], atol=1e-3)
+            x, y, w, h = ann["bbox"]
+            assert x >= 0 and y >= 0 and x + w <= 320 and y + h <= 240
+            assert np.all((k[:, 0] > x) & (k[:, 0] < x + w) & (k[:, 1] > y) & (k[:, 1] < y + h))
+            assert ann["area"] == pytest.approx(w * h, abs=0.01)
+            seen[ann["id"]] = split
+    assert len(seen) == 116
+    meta = meta_from_coco(paths["train"])
+    assert meta.prompts == ("snout", "left ear", "right ear", "tail base")
+    assert meta.flip_indices == (0, 2, 1, 3)
+
+    mtime = paths["test"].stat().st_mtime_ns
+    t0 = time.perf_counter()
+    assert ensure_mouse_openfield(tmp_path) == paths
+    assert time.perf_counter() - t0 < 0.2 and paths["test"].stat().st_mtime_ns == mtime
+
+
+def test_dlc_to_coco_blocks_and_errors(tmp_path):
+    paths = dlc_to_coco(EMBEDDED_CSV, tmp_path / "o", test_block=(0, 10), val_block=None, margin=0.0,
+                        min_margin=2.0, category_name="lab mouse")
+    assert set(paths) == {"train", "test", "images"}
+    test = json.loads(paths["test"].read_text())
+    assert [im["file_name"] for im in test["images"]] == [f"m4s1/img{i:04d}.jpg" for i in range(10)]
+    assert test["categories"][0]["name"] == "lab mouse"
+    with pytest.raises(ValueError, match="overlap"):
+        dlc_to_coco(EMBEDDED_CSV, tmp_path / "p", test_block=(100, 116), val_block=(90, 101))
+    with pytest.raises(ValueError, match="116"):
+        dlc_to_coco(EMBEDDED_CSV, tmp_path / "p", test_block=(100, 117))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        dlc_to_coco(tmp_path / "nowhere", tmp_path / "p", test_block=None)
+
+
+def test_project_folder_with_skeleton_and_unlabelled(tmp_path):
+    proj = tmp_path / "proj"
+    video = proj / "labeled-data" / "v1"
+    video.mkdir(parents=True)
+    (proj / "config.yaml").write_text("bodyparts: [nose, tail]\nskeleton:\n- [nose, tail]\n")
+    for i in range(3):
+        cv2.imwrite(str(video / f"img{i}.png"), np.zeros((40, 60, 3), np.uint8))
+    (video / "CollectedData_me.csv").write_text(
+        "scorer,me,me,me,me\nbodyparts,nose,nose,tail,tail\ncoords,x,y,x,y\n"
+        "labeled-data/v1/img0.png,10,10,20,20\n"
+        "labeled-data/v1/img1.png,30,5,,\n"
+        "labeled-data/v1/img2.png,,,,\n"
+    )
+    paths = dlc_to_coco(proj, tmp_path / "out", test_block=(2, 3), category_name="rat")
+    train = json.loads(paths["train"].read_text())
+    assert train["categories"][0]["skeleton"] == [[1, 2]]
+    assert train["annotations"][1]["keypoints"] == [30.0, 5.0, 2, 0, 0, 0]
+    assert train["annotations"][1]["num_keypoints"] == 1
+    test = json.loads(paths["test"].read_text())
+    assert len(test["images"]) == 1 and test["annotations"] == []  # a frame without labels has no instance
+    assert (paths["images"] / "v1" / "img0.png").is_file()
+
+
+def test_mouse_loads_through_the_validating_loader(tmp_path):
+    from clamp_pl.data.coco import load_coco_instances
+
+    paths = ensure_mouse_openfield(tmp_path)
+    meta = meta_from_coco(paths["train"])
+    sizes = {}
+    for split in ("train", "val", "test"):
+        insts, _, report = load_coco_instances(paths[split], paths["images"], meta, train=split == "train")
+        sizes[split] = len(insts)
+        assert not report.skipped and {i.species for i in insts} == {"mouse"}
+    assert sizes == {"train": 90, "val": 10, "test": 16}
