@@ -89,7 +89,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         model.load_weights_from(resolve_checkpoint(cfg.init_from, prefer="best"))
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), prefer="last")
 
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"), cfg.trainer.get("enable_progress_bar", True))
     loggers = instantiate_loggers(cfg.get("logger"), run_dir, resume_from=ckpt_path)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     hp = log_hyperparameters(cfg, model, trainer)

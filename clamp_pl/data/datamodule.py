@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from clamp_pl.codecs import MSRAHeatmap
@@ -105,7 +106,6 @@ class PoseDataModule(pl.LightningDataModule):
         self.gt: dict[str, dict] = {}
         self.reports: dict[str, LoadReport] = {}
         self.datasets: dict[str, TopDownDataset] = {}
-        self._batch_size_per_device = batch_size
 
     # ---------------------------------------------------------------- files and meta
     def files(self) -> dict[str, tuple[Path, Path]]:
@@ -152,8 +152,6 @@ class PoseDataModule(pl.LightningDataModule):
             self.instances[split], self.gt[split], self.reports[split] = insts, gt, report
         self._apply_protocol()
         self._write_reports()
-        if self.trainer is not None and self.trainer.world_size > 1:
-            self._batch_size_per_device = self.batch_size
         codec = MSRAHeatmap(input_size=self.input_size, heatmap_size=self.heatmap_size, sigma=self.sigma)
         for split in SPLITS:
             train = split == "train"
@@ -219,12 +217,12 @@ class PoseDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
             self.datasets[split],
-            batch_size=self._batch_size_per_device,
+            batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
-            drop_last=shuffle and len(self.datasets[split]) > self._batch_size_per_device,
+            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -339,9 +337,11 @@ class DLCDataModule(MouseOpenfieldDataModule):
 
     name = "dlc"
 
-    def __init__(self, *, project: str, test_fraction: float = 0.15, val_fraction: float = 0.1, **kw: Any):
+    def __init__(self, *, project: str, test_fraction: float = 0.15, val_fraction: float = 0.1,
+                 category_name: str = "animal", **kw: Any):
         super().__init__(**kw)
         self.project, self.test_fraction, self.val_fraction = project, test_fraction, val_fraction
+        self.category_name = category_name
 
     def prepare_data(self) -> None:
         from clamp_pl.data.dlc import dlc_to_coco, read_dlc_csv
@@ -351,7 +351,8 @@ class DLCDataModule(MouseOpenfieldDataModule):
         n_test = max(1, round(n * self.test_fraction))
         n_val = max(1, round(n * self.val_fraction))
         self._paths = dlc_to_coco(
-            self.project, self.root, test_block=(n - n_test, n), val_block=(n - n_test - n_val, n - n_test)
+            self.project, self.root, test_block=(n - n_test, n), val_block=(n - n_test - n_val, n - n_test),
+            category_name=self.category_name,
         )
 
 

@@ -54,6 +54,9 @@ class CLAMP(nn.Module):
     ``score_concat`` (score maps not fed to the keypoint head), ``spatial_head`` (no upsampler: use it when the
     spatial loss weight is 0, so that DDP sees no unused parameters), ``n_ctx``. With a feature-loss weight of 0
     the logit scale gets no gradient: freeze it (``requires_grad_(False)``) under DDP.
+
+    ``decoder_width`` / ``decoder_layers`` size the context decoder (official: 256, 3); the tiny CPU model uses
+    a smaller one, which otherwise holds most of its parameters.
     """
 
     def __init__(
@@ -79,6 +82,8 @@ class CLAMP(nn.Module):
         quick_gelu: bool | None = None,
         truncate_prompts: bool = True,
         gamma_init: float = 1e-3,
+        decoder_width: int = 256,
+        decoder_layers: int = 3,
     ) -> None:
         super().__init__()
         self.num_keypoints = k = len(prompts)
@@ -119,7 +124,7 @@ class CLAMP(nn.Module):
             if prompt_encoder:
                 self.prompt_encoder = PromptEncoder(d, heads=8 if d % 8 == 0 else 1)
             if context_decoder:
-                self.context_decoder = ContextDecoder(d)
+                self.context_decoder = ContextDecoder(d, width=decoder_width, layers=decoder_layers)
                 self.gamma = nn.Parameter(torch.full((d,), gamma_init))
             if spatial_head:
                 self.upsample_head = UpsampleHead(k, upconv_num_deconv, upconv_channels)

@@ -69,10 +69,17 @@ def print_config_tree(cfg: DictConfig, save_to: Path | None = None, print_: bool
             rich.print(tree, file=fh)
 
 
-def instantiate_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
+def instantiate_callbacks(cfg: DictConfig | None, progress_bar: bool = True) -> list[pl.Callback]:
+    """Callbacks from ``conf/callbacks``; progress bars are dropped when the trainer disables them (Lightning
+    refuses a progress-bar callback with ``enable_progress_bar=false``)."""
     if not cfg:
         return []
-    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+    callbacks = [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+    if not progress_bar:
+        from pytorch_lightning.callbacks.progress import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
 
 
 def wandb_has_key() -> bool:

@@ -1,0 +1,74 @@
+"""DataModules: the generic COCO and DeepLabCut ones, protocol-restricted ground truth, missing-data errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from clamp_pl.data.datamodule import (
+    AP10KDataModule,
+    COCODataModule,
+    DLCDataModule,
+    ToyAP10KDataModule,
+    restrict_gt,
+)
+from clamp_pl.data.sources import missing_dataset_error
+
+REPO = Path(__file__).resolve().parents[2]
+COMMON = dict(input_size=(128, 128), heatmap_size=(32, 32), feature_stride=32, batch_size=2, num_workers=0)
+
+
+def test_coco_datamodule_on_real_ap10k_sample(test_data):
+    ann = test_data / "ap10k" / "test_ap10k.json"
+    dm = COCODataModule(train_ann=str(ann), val_ann=str(ann), test_ann=str(ann), img_dir=str(test_data / "ap10k"),
+                        **COMMON)
+    dm.setup("fit")
+    assert dm.meta.prompts[7] == "left front paw"  # derived from the file's keypoint names
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 128, 128) and batch["heatmaps"].shape == (2, 17, 32, 32)
+    assert batch["peak_index"].dtype == torch.int64 and int(batch["peak_index"].max()) < 16
+
+
+def test_dlc_datamodule_on_embedded_project(tmp_path):
+    project = REPO / "clamp_pl" / "resources" / "dlc_openfield"
+    dm = DLCDataModule(project=str(project), root=str(tmp_path / "dlc"), test_fraction=0.1, val_fraction=0.1,
+                       **COMMON)
+    dm.setup("fit")
+    counts = {s: len(dm.instances[s]) for s in ("train", "val", "test")}
+    assert counts == {"train": 92, "val": 12, "test": 12}
+    assert list(dm.meta.prompts) == ["snout", "left ear", "right ear", "tail base"]
+    # the test block is the END of the video: its frames come after every training frame
+    assert min(i.image_id for i in dm.instances["test"]) > max(i.image_id for i in dm.instances["train"])
+
+
+def test_zeroshot_restricts_eval_ground_truth(tmp_path):
+    dm = ToyAP10KDataModule(root=str(tmp_path / "toy"), n_train=60, n_val=20, n_test=20,
+                            protocol={"name": "zeroshot", "held_out_families": ["Equidae"]}, **COMMON)
+    dm.setup("fit")
+    assert {i.family for i in dm.instances["train"]}.isdisjoint({"Equidae"})
+    assert {i.family for i in dm.instances["test"]} == {"Equidae"}
+    gt_anns = {a["id"] for a in dm.gt["test"]["annotations"]}
+    assert gt_anns == {i.ann_id for i in dm.instances["test"]}
+
+
+def test_restrict_gt_keeps_only_listed_instances(test_data):
+    import json
+
+    gt = json.loads((test_data / "ap10k" / "test_ap10k.json").read_text())
+
+    class I:  # noqa: E742 - a stand-in Instance
+        ann_id = gt["annotations"][0]["id"]
+
+    out = restrict_gt(gt, [I()])
+    assert len(out["annotations"]) == 1 and len(out["images"]) == 1 and out["categories"] == gt["categories"]
+
+
+def test_missing_ap10k_names_path_and_fix(tmp_path):
+    dm = AP10KDataModule(root=str(tmp_path / "ap10k"), **COMMON)
+    with pytest.raises(FileNotFoundError) as err:
+        dm.setup("fit")
+    msg = str(err.value)
+    assert "ap10k-train-split1.json" in msg and "AP-10K" in msg
+    assert isinstance(missing_dataset_error(tmp_path, "ap10k"), FileNotFoundError)
