@@ -125,16 +125,28 @@ class PoseLitModule(pl.LightningModule):
         return net(images)
 
     # ---------------------------------------------------------------- training
+    def _running_stats(self) -> list[Tensor]:
+        """The batch-norm running statistics (``running_mean``, ``running_var``, ``num_batches_tracked``)."""
+        names = ("running_mean", "running_var", "num_batches_tracked")
+        return [b for n, b in self.net.named_buffers() if n.rsplit(".", 1)[-1] in names]
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        # a skipped step must leave the model as it was, but the forward pass moves the batch-norm running
+        # statistics with this batch (NaN in, NaN stats out): keep a copy to put back (a few KB)
+        stats = self._running_stats() if self.nonfinite != "off" else []
+        saved = [s.clone() for s in stats]
         out = self(batch["image"])
         losses = self.criterion(out, batch)
         loss = losses["loss"]
         if self.nonfinite != "off" and not torch.isfinite(loss):
+            with torch.no_grad():
+                for buf, kept in zip(stats, saved):
+                    buf.copy_(kept)
             self.nonfinite_steps += 1
             self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
             msg = (
                 f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step} "
-                f"({ {k: float(v) for k, v in losses.items()} })"
+                f"({ {k: float(v.detach()) for k, v in losses.items()} })"
             )
             if self.nonfinite == "stop":
                 self.stop_reason = msg

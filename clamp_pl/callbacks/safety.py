@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
+def _keep_best_tracking(trainer: pl.Trainer, checkpoint: dict) -> None:
+    """Let each ``ModelCheckpoint`` keep its best score when a run resumes into another folder (``ckpt_path=`` starts
+    a new Hydra run dir). Lightning restores only ``best_model_path`` when the folder changed, so the first
+    resumed validation would become "best" whatever its score, and the test would pick it. The previous run's
+    files stay where they are: ModelCheckpoint deletes only files inside its own folder."""
+    states = checkpoint.get("callbacks") or {}
+    for cb in trainer.checkpoint_callbacks:
+        state = states.get(cb.state_key)
+        if state and cb.dirpath and state.get("dirpath") not in (None, cb.dirpath):
+            state["dirpath"] = cb.dirpath
+            state["last_model_path"] = ""  # the new folder has no last.ckpt yet
+
+
 class RunSafetyCallback(pl.Callback):
     """Args:
         on_nonfinite: "skip" (drop the step, count it, go on), "stop" (save ``checkpoints/nonfinite.ckpt`` and
@@ -56,6 +70,7 @@ class RunSafetyCallback(pl.Callback):
         self.max_nonfinite = max_nonfinite
         self.checkpoint_on_signal = checkpoint_on_signal
         self._signalled: int | None = None
+        self._saved_on_signal = False
         self._previous_usr1: Any = None
 
     # ---------------------------------------------------------------- exact resume
@@ -64,6 +79,11 @@ class RunSafetyCallback(pl.Callback):
         checkpoint["nonfinite_steps"] = int(getattr(pl_module, "nonfinite_steps", 0))
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        _keep_best_tracking(trainer, checkpoint)
+        # only a resumed fit continues the run: testing a checkpoint (the best one, after fit) must neither
+        # rewind the RNG nor the non-finite count of the run
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
         if "rng_states" in checkpoint:
             _set_rng_state(checkpoint["rng_states"])
         pl_module.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
@@ -77,6 +97,9 @@ class RunSafetyCallback(pl.Callback):
             self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_usr1)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_usr1()
+
+    def _restore_usr1(self) -> None:
         if self._previous_usr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_usr1)
             self._previous_usr1 = None
@@ -99,10 +122,22 @@ class RunSafetyCallback(pl.Callback):
             trainer.save_checkpoint(path)
             raise NonFiniteLossError(f"{reason}; training stopped, checkpoint saved to {path}")
         if self.checkpoint_on_signal and (trainer.received_sigterm or self._signalled is not None):
-            path = self._checkpoint_path(trainer, "last.ckpt")
-            trainer.save_checkpoint(path)
-            name = "SIGTERM" if trainer.received_sigterm else signal.Signals(self._signalled).name
-            log.warning("%s received: checkpoint saved to %s; resume with ckpt_path=%s", name, path, path)
+            self._save_on_signal(trainer)
             if self._signalled is not None:
                 # SIGTERM is raised by Lightning itself after this hook; SIGUSR1 exits the same clean way
+                # (SIGTERMException is a SystemExit without a code: exit status 0)
                 raise SIGTERMException()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # SIGTERM during validation: Lightning's evaluation loop stops before the next on_train_batch_end
+        if (isinstance(exception, SIGTERMException) and self.checkpoint_on_signal and not self._saved_on_signal
+                and trainer.state.fn == TrainerFn.FITTING):
+            self._save_on_signal(trainer)
+        self._restore_usr1()  # on_train_end is not called after an exception
+
+    def _save_on_signal(self, trainer: pl.Trainer) -> None:
+        path = self._checkpoint_path(trainer, "last.ckpt")
+        trainer.save_checkpoint(path)
+        self._saved_on_signal = True
+        name = "SIGTERM" if trainer.received_sigterm else signal.Signals(self._signalled).name
+        log.warning("%s received: checkpoint saved to %s; resume with ckpt_path=%s", name, path, path)

@@ -1,0 +1,207 @@
+"""Issue #4: ``PoseLitModule`` — optimiser parameter groups, the warm-up + multi-step schedule, flip test, the text
+tower's cost in validation, and (slow) that the whole thing learns: clamp_tiny overfits two real AP-10K images."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import TEST_DATA, compose_cfg
+from torch.utils.data import DataLoader, Dataset
+
+from clamp_pl.pose_module import PoseLitModule, flip_back
+
+PROMPTS = ["left eye", "right eye", "nose", "left paw", "right paw"]
+FLIP = [1, 0, 2, 4, 3]
+HM = 32  # heatmap side for clamp-tiny-rn at 128 px (4x4 grid, 3 deconvs)
+OPT = {"lr": 1e-3, "weight_decay": 0.05, "backbone_lr_mult": 0.1}
+NO_DECAY_LEAVES = {"ctx", "positional_embedding", "class_embedding", "gamma", "logit_scale"}
+
+
+def make_module(**kw) -> PoseLitModule:
+    torch.manual_seed(0)
+    args = dict(
+        net=dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
+                 upconv_num_deconv=3, upconv_channels=16),
+        prompts=PROMPTS, flip_indices=FLIP, sigmas=[0.07] * 5, heatmap_size=(HM, HM), feature_stride=32,
+        optimizer=OPT,
+    )
+    args.update(kw)
+    return PoseLitModule(**args)
+
+
+@pytest.fixture(scope="module")
+def module() -> PoseLitModule:
+    return make_module().eval()
+
+
+def attach_fake_trainer(model: PoseLitModule, steps_per_epoch: int, max_epochs: int) -> None:
+    """What ``configure_optimizers`` reads from the trainer: the stepping batches and the epoch count."""
+    model.trainer = SimpleNamespace(estimated_stepping_batches=steps_per_epoch * max_epochs, max_epochs=max_epochs)
+
+
+# ---------------------------------------------------------------- optimiser
+def test_param_groups(module):
+    attach_fake_trainer(module, 10, 5)
+    opt = module.configure_optimizers()["optimizer"]
+    module.trainer = None
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    counts = Counter(id(p) for g in opt.param_groups for p in g["params"])
+    assert set(counts.values()) == {1}  # no parameter twice
+
+    text = {id(p) for p in module.net.prompt_learner.text_tower.parameters()}
+    assert text and not text & set(group_of)  # the frozen text tower never reaches the optimiser
+    trainable = {id(p) for p in module.parameters() if p.requires_grad}
+    assert set(group_of) == trainable
+
+    for name, p in module.net.named_parameters():
+        if not p.requires_grad:
+            continue
+        g = group_of[id(p)]
+        backbone = name.startswith("image_tower.")
+        assert g["name"].startswith("backbone" if backbone else "head"), name
+        assert g["initial_lr"] == pytest.approx(OPT["lr"] * (OPT["backbone_lr_mult"] if backbone else 1.0)), name
+        no_decay = p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_LEAVES
+        assert g["weight_decay"] == (0.0 if no_decay else OPT["weight_decay"]), name
+    # spot checks of the rule: norms, biases, gamma, logit scale and context are never decayed
+    named = dict(module.net.named_parameters())
+    for name in ["prompt_learner.ctx", "gamma", "logit_scale", "image_tower.visual.bn1.weight",
+                 "image_tower.visual.bn1.bias", "keypoint_head.final_layer.bias",
+                 "image_tower.visual.attnpool.positional_embedding"]:
+        assert group_of[id(named[name])]["weight_decay"] == 0.0, name
+    for name in ["image_tower.visual.conv1.weight", "keypoint_head.final_layer.weight"]:
+        assert group_of[id(named[name])]["weight_decay"] == OPT["weight_decay"], name
+
+
+def test_lr_schedule_warmup_then_steps():
+    """Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` steps, times ``gamma`` at each epoch milestone
+    (mmpose's LinearLR by iteration x MultiStepLR by epoch)."""
+    sch = {"warmup_iters": 25, "warmup_ratio": 0.1, "milestones": [2, 4], "gamma": 0.1}
+    model = make_module(scheduler=sch)
+    attach_fake_trainer(model, steps_per_epoch=10, max_epochs=5)
+    cfg = model.configure_optimizers()
+    model.trainer = None
+    scheduler = cfg["lr_scheduler"]["scheduler"]
+    assert cfg["lr_scheduler"]["interval"] == "step"
+    factor = scheduler.lr_lambdas[0]
+
+    def warm(step: int) -> float:
+        return 0.1 + 0.9 * step / 25
+
+    expected = {0: 0.1, 5: warm(5), 19: warm(19), 20: 0.1 * warm(20), 24: 0.1 * warm(24), 25: 0.1, 39: 0.1,
+                40: 0.01, 49: 0.01, 60: 0.01}
+    for step, f in expected.items():
+        assert factor(step) == pytest.approx(f), step
+
+    # the optimiser follows: backbone at lr x mult x factor after n scheduler steps
+    opt = cfg["optimizer"]
+    for _ in range(20):
+        opt.step()
+        scheduler.step()
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs["backbone"] == pytest.approx(1e-3 * 0.1 * 0.1 * warm(20))
+    assert lrs["head"] == pytest.approx(1e-3 * 0.1 * warm(20))
+
+
+# ---------------------------------------------------------------- flip test
+def test_flip_back_swaps_mirrors_and_shifts():
+    hm = torch.rand(2, 5, 6, 8)
+    out = flip_back(hm, FLIP, shift=True)
+    plain = flip_back(hm, FLIP, shift=False)
+    for k, src in enumerate(FLIP):
+        for x in range(8):
+            assert torch.equal(plain[:, k, :, x], hm[:, src, :, 7 - x])
+        # +1 px: column x takes the mirrored column x - 1; the first column is repeated
+        assert torch.equal(out[:, k, :, 1:], plain[:, k, :, :-1])
+        assert torch.equal(out[:, k, :, 0], plain[:, k, :, 0])
+    # a peak at column c of the mirrored crop lands at w - 1 - c, then + 1 (mmpose's half-pixel fix)
+    delta = torch.zeros(1, 5, 6, 8)
+    delta[0, 3, 2, 2] = 1.0
+    peak = flip_back(delta, FLIP)[0, FLIP[3]].argmax()
+    assert divmod(int(peak), 8) == (2, 8 - 1 - 2 + 1)
+
+
+def test_predict_heatmaps_flip_test_by_hand(module):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 128, 128)
+    x = 0.5 * (x + x.flip(-1))  # mirror-symmetric: both passes see the same pixels
+    with torch.no_grad():
+        hm = module(x)["heatmaps"]
+    mirrored = hm[:, FLIP].flip(-1)
+    shifted = torch.cat([mirrored[..., :1], mirrored[..., :-1]], dim=-1)
+    expected = 0.5 * (hm + shifted)
+    got = module.predict_heatmaps(x, flip_test=True)
+    assert got.shape == (2, 5, HM, HM)
+    tol = 1e-5 * float(hm.abs().max())  # an untrained head's heatmaps are tiny (~1e-8): relative tolerances
+    torch.testing.assert_close(got, expected, atol=tol, rtol=1e-4)
+    torch.testing.assert_close(module.predict_heatmaps(x, flip_test=False), hm, atol=tol, rtol=1e-4)
+    assert (got - hm).abs().max() > 1e3 * tol  # the mirrored pass does change the result
+
+
+# ---------------------------------------------------------------- text tower cost
+class RandomPoseData(Dataset):
+    """Batches of the keys the module reads; 128 px crops, K=5, a 4x4 feature grid."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(i)
+        return {
+            "image": torch.randn(3, 128, 128, generator=g),
+            "heatmaps": torch.rand(5, HM, HM, generator=g),
+            "keypoint_weights": torch.ones(5),
+            "peak_index": torch.randint(0, 16, (5,), generator=g),
+            "peak_weights": torch.ones(5),
+            "center": torch.tensor([64.0, 64.0]),
+            "scale": torch.tensor([160.0, 160.0]),
+            "ann_id": torch.tensor(i),
+            "image_id": torch.tensor(i),
+            "category_id": torch.tensor(1),
+        }
+
+
+def test_text_tower_runs_once_per_validation_epoch():
+    """Through Lightning: 2 epochs of 1 training step and 3 flip-tested validation batches -> the text tower runs
+    once per training step and once per validation epoch."""
+    model = make_module(test_cfg={"flip_test": True})
+    calls: list[str] = []
+    tower = model.net.prompt_learner.text_tower
+    tower.register_forward_hook(lambda *_: calls.append("val" if model.trainer.validating else "train"))
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=1, limit_val_batches=3,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[])
+    loader = DataLoader(RandomPoseData(), batch_size=2)
+    trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    assert Counter(calls) == {"train": 2, "val": 2}
+    calls.clear()
+    trainer.validate(model, dataloaders=loader, verbose=False)
+    assert calls == ["val"]
+
+
+# ---------------------------------------------------------------- learning
+@pytest.mark.slow
+def test_overfits_two_real_ap10k_images(tmp_path):
+    """clamp_tiny from scratch memorises the two AP-10K test images (train = val = test, no augmentation)."""
+    from clamp_pl.train import train
+
+    ann = TEST_DATA / "ap10k" / "test_ap10k.json"
+    overrides = [
+        "trainer=cpu", "data=coco", f"data.train_ann={ann}", f"data.val_ann={ann}", f"data.img_dir={ann.parent}",
+        "data.batch_size=2", "data.num_workers=0", "data.persistent_workers=false", "data.pin_memory=false",
+        "data.augment.flip_prob=0", "data.augment.half_body_prob=0", "data.augment.shift_prob=0",
+        "data.augment.scale_factor=0", "data.augment.rot_prob=0", "extras.print_config=false",
+        "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null", "callbacks.keypoint_vis=null",
+        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.log_every_n_steps=1",
+        "trainer.max_epochs=120", "trainer.check_val_every_n_epoch=20", "model.optimizer.lr=5e-3",
+    ]
+    cfg = compose_cfg("train", overrides, tmp_path / "run", tmp_path / "data")
+    start = time.monotonic()
+    metrics, _ = train(cfg)
+    elapsed = time.monotonic() - start
+    print(f"overfit: test/AP {metrics['test/AP']:.3f} in {elapsed:.0f} s")
+    assert metrics["test/AP"] >= 0.9
