@@ -1,7 +1,8 @@
 """The CLAMP network (CLAMP §1): CLIP towers + learnable prompts + prompt refinement + score-map fusion.
 
 Image-only baseline: ``text_branch=False`` keeps the same image tower and keypoint head and drops everything
-text-related (no prompts, no score maps; the keypoint head sees only the backbone map).
+text-related (no prompts, no score maps; the keypoint head sees only the backbone map). Its image tower skips the
+CLIP embedding head (ViT ``ln_post``/``proj``, RN attention pool), whose parameters are frozen: they feed nothing.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class CLAMP(nn.Module):
         self.image_tower = DenseImageTower(
             clip_model, pretrained, image_size, drop_path_rate, quick_gelu, clip_model=clip
         )
+        if not text_branch:
+            for p in self.image_tower.embedding_parameters():
+                p.requires_grad_(False)
         gh, gw = self.image_tower.grid_size
         d = self.image_tower.embed_dim
         spatial_head = spatial_head and text_branch
@@ -174,7 +178,7 @@ class CLAMP(nn.Module):
         return groups
 
     def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> dict:
-        feature_map, global_emb, pixel_emb = self.image_tower(images)
+        feature_map, global_emb, pixel_emb = self.image_tower(images, embeddings=self.text_branch)
         if not self.text_branch:
             return dict(
                 heatmaps=self.keypoint_head(feature_map),

@@ -62,6 +62,19 @@ def test_image_only_baseline():
     torch.testing.assert_close(losses["loss"], losses["loss_heatmap"])
 
 
+@pytest.mark.parametrize("kind, size, hm", [("vit", 64, 16), ("rn", 128, 32)])
+def test_baseline_every_trainable_parameter_gets_a_gradient(kind, size, hm):
+    # DDP with find_unused_parameters=False needs it: the unused CLIP embedding head is frozen and skipped
+    model = make(kind, text_branch=False).train()
+    frozen = {id(p) for p in model.image_tower.embedding_parameters()}
+    assert frozen and all(not p.requires_grad for p in model.image_tower.embedding_parameters())
+    CLAMPLoss()(model(torch.randn(2, 3, size, size)), _batch(model, hm=hm))["loss"].backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == (id(p) not in frozen), name
+    clamp = make(kind)
+    assert all(p.requires_grad for p in clamp.image_tower.parameters())
+
+
 def test_ablation_switches():
     model = make(prompt_encoder=False, context_decoder=False, score_concat=False)
     assert model.prompt_encoder is None and model.context_decoder is None and model.gamma is None

@@ -116,3 +116,21 @@ def test_truncation_exact_with_vit_b16_text_tower():
     full.ctx.data.copy_(short.ctx.data)
     with torch.no_grad():
         torch.testing.assert_close(short(), full(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("truncate", [True, False])
+def test_shared_prefix_is_exact(tower, truncate):
+    # SOT + context run once for all prompts (a prefix KV cache): same features and context gradient
+    assert tower.supports_shared_prefix
+    torch.manual_seed(2)
+    pl = PromptLearner(tower, AP10K, n_ctx=8, truncate=truncate).train()
+    weights = torch.randn(17, tower.embed_dim)
+    results = []
+    for share in (True, False):
+        pl.share_prefix = share
+        pl.ctx.grad = None
+        out = pl()
+        (out * weights).sum().backward()
+        results.append((out.detach(), pl.ctx.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-5)

@@ -1,0 +1,74 @@
+"""The benchmark scripts keep running: ``benchmark_gpu.py --cpu-smoke`` and a reduced ``benchmark.py`` (eval and
+text cases, tiny text tower, a small evaluation set), as subprocesses like ``make bench``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> None:
+    # passive OpenMP waiting, as benchmark.py sets for itself: active spinning is many times slower on a busy host
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_gpu_benchmark_cpu_smoke(tmp_path):
+    _run("benchmark_gpu.py", "--cpu-smoke", "--out", str(tmp_path))
+    data = json.loads((tmp_path / "benchmarks_gpu.json").read_text())
+    rows = {r["config"]: r for r in data["rows"]}
+    for config in (
+        "synthetic, eager",
+        "synthetic, eager, channels_last",
+        "synthetic, eager, fused AdamW + device-side skip (no sync)",
+        "real loader (0 workers), eager",
+    ):
+        for variant in ("clamp", "baseline"):
+            assert rows[config][variant]["images_per_s"] > 0, (config, variant, rows[config][variant])
+    assert rows["loader alone, 0 workers"]["loader_images_per_s"] > 0
+    flops = data["settings"]["tflop_per_step"]
+    assert flops["clamp"] > flops["baseline"] > 0
+    assert "| synthetic, eager |" in (tmp_path / "benchmarks_gpu.md").read_text()
+
+
+def test_cpu_benchmark_eval_and_text(tmp_path):
+    _run(
+        "benchmark.py",
+        "--quick",
+        "--only",
+        "eval,text",
+        "--repeats",
+        "1",
+        "--text-model",
+        "clamp-tiny-vit",
+        "--eval-instances",
+        "600",
+        "--eval-images",
+        "450",
+        "--out",
+        str(tmp_path),
+    )
+    data = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert data["machine"]["torch"] and data["machine"]["omp_wait_policy"] == "PASSIVE"
+    rows = data["rows"]
+    assert {r["case"] for r in rows} == {"eval", "text"}
+    assert data["settings"]["models"] == ["tiny"]  # --quick
+    for r in rows:
+        assert r["value"] > 0 and r["ref_value"] > 0 and r["ratio"] > 0, r
+    evals = [r for r in rows if r["case"] == "eval"]
+    assert len(evals) == 2 and evals[0]["detail"]["identical_stats"]
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert md.count("\n| eval |") == 2 and "**Machine:**" in md
