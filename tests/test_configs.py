@@ -52,3 +52,20 @@ def test_cli_cfg_job_composes():
     assert out.returncode == 0, out.stderr[-2000:]
     cfg = OmegaConf.create(out.stdout)
     assert cfg.protocol.name == "fewshot" and cfg.model.net.clip_model == "ViT-B-16"
+
+
+@pytest.mark.parametrize("override", ["hydra/launcher=slurm", "hydra/launcher=local_parallel",
+                                      "hparams_search=optuna_fewshot"])
+def test_launchers_and_search_space_compose(make_cfg, override):
+    cfg = make_cfg("experiment=fewshot_toy", override, fast=False)
+    if "slurm" in override:
+        launcher = cfg.hydra.launcher
+        assert "SlurmLauncher" in launcher._target_
+        assert launcher.tasks_per_node == launcher.gpus_per_node  # one process per GPU: no DDP re-launch
+        assert launcher.max_num_timeout > 0  # requeue on preemption
+    elif "local_parallel" in override:
+        assert "JoblibLauncher" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.n_jobs == 2
+    else:
+        assert "OptunaSweeper" in cfg.hydra.sweeper._target_
+        assert set(cfg.hydra.sweeper.params) >= {"model.optimizer.lr", "model.net.n_ctx"}
+        assert cfg.optimized_metric == "val/AP"
