@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install.stamp
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
+# OpenMP threads sleep instead of spinning when idle: on a shared 2-core machine spinning made small torch ops
+# 10-20x slower (docs/benchmarks.md)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .DEFAULT_GOAL := help
 
@@ -37,6 +40,9 @@ sweep: $(STAMP) ## the toy few-shot sweep (shots x seeds) and its aggregated tab
 bench: $(STAMP) ## CPU benchmarks -> docs/benchmarks.md and docs/benchmarks.json
 	$(PY) scripts/benchmark.py $(ARGS)
 
+bench-gpu: $(STAMP) ## GPU benchmark (one CUDA device, < 8 min) -> docs/benchmarks_gpu.md
+	$(PY) scripts/benchmark_gpu.py $(ARGS)
+
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check clamp_pl tests scripts
 
@@ -51,4 +57,4 @@ clean: ## remove caches and build leftovers (keeps .venv and logs)
 clean-logs: ## remove training logs and outputs
 	rm -rf logs/ outputs/ multirun/ wandb/
 
-.PHONY: help install test test-full demo train sweep bench lint format clean clean-logs
+.PHONY: help install test test-full demo train sweep bench bench-gpu lint format clean clean-logs

@@ -36,7 +36,7 @@ region into a scheduler time slice (~8 ms each on a 2-core VM at load 4: the ViT
 5 s instead of 0.25 s); passive waiting costs little on an idle machine. The data case runs single-threaded.
 
 Usage: ``python scripts/benchmark.py [--quick] [--only data,train,text,flip,eval] [--repeats N] [--out docs/]``.
-``--quick`` skips the ViT-B/16 and RN50 models (a few minutes instead of ~half an hour on 2 cores). The output
+``--quick`` skips the ViT-B/16 and RN50 models (about a minute instead of 10-15 minutes on 2 cores). The output
 holds exactly the cases of this run: point ``--out`` elsewhere for partial runs.
 """
 
@@ -764,9 +764,18 @@ def machine_info() -> dict[str, Any]:
                 break
     commit = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
+        git = ["git", "-C", str(REPO)]
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
         ).stdout.strip()
+        status = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        if commit and status:
+            commit += " + uncommitted changes"
     return {
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
