@@ -47,6 +47,8 @@ def test_run_dir_contract(short_run):
     preds = json.loads((short_run / "predictions" / "test_predictions.json").read_text())
     assert preds and {"image_id", "category_id", "keypoints", "score"} <= set(preds[0])
     assert len(preds[0]["keypoints"]) == 17 * 3
+    assert (short_run / "vis" / "test_predictions.png").is_file()  # the picture of test predictions
+    assert (short_run / "vis" / "test_score_maps.png").is_file()
     split = json.loads((short_run / "split.json").read_text())
     assert split["protocol"]["name"] == "supervised"
 

@@ -29,9 +29,8 @@ class KeypointVisCallback(pl.Callback):
             return None
         idx = np.linspace(0, len(ds) - 1, min(self.num_samples, len(ds))).round().astype(int)
         items = [ds[int(i)] for i in idx]
-        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in ("image", "keypoint_weights")} | {
-            "heatmaps": torch.stack([torch.as_tensor(it["heatmaps"]) for it in items])
-        }
+        return {k: torch.stack([torch.as_tensor(it[k]) for it in items])
+                for k in ("image", "keypoint_weights", "heatmaps")}
 
     @torch.no_grad()
     def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str = "val") -> dict[str, np.ndarray]:
@@ -42,8 +41,9 @@ class KeypointVisCallback(pl.Callback):
         was_training = pl_module.training
         pl_module.eval()
         images = batch["image"].to(pl_module.device)
-        out = pl_module(images)
         heatmaps = pl_module.predict_heatmaps(images)
+        # the score maps of the first crop only: one extra single-image pass, not a second batch forward
+        score_maps = pl_module(images[:1]).get("score_maps")
         if was_training:
             pl_module.train()
         codec = pl_module.codec
@@ -58,8 +58,8 @@ class KeypointVisCallback(pl.Callback):
             img = draw_pose(img, pred[i], scores[i], skeleton, self.score_threshold)
             tiles.append(img)
         pictures = {"predictions": mosaic(tiles)}
-        if out.get("score_maps") is not None:
-            pictures["score_maps"] = score_map_grid(out["score_maps"][0].float().cpu().numpy(),
+        if score_maps is not None:
+            pictures["score_maps"] = score_map_grid(score_maps[0].float().cpu().numpy(),
                                                     pl_module.hparams.prompts)
         return pictures
 

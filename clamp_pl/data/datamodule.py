@@ -237,11 +237,9 @@ class PoseDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "train_ann_ids": [i.ann_id for i in self.instances.get("train", [])]}
 
 
-def _require(paths: dict[str, tuple[Path, Path]], dataset: str, root: Path) -> dict[str, tuple[Path, Path]]:
+def _require(paths: dict[str, tuple[Path, Path]], dataset: str) -> dict[str, tuple[Path, Path]]:
     for ann, img_dir in paths.values():
         if not ann.is_file():
             raise missing_dataset_error(ann, dataset)
@@ -266,7 +264,7 @@ class AP10KDataModule(PoseDataModule):
         img = self.root / "data"
         names = {"train": "train", "val": "val", "test": self.test_split}
         return _require(
-            {s: (ann / f"ap10k-{n}-split{self.split}.json", img) for s, n in names.items()}, "ap10k", self.root
+            {s: (ann / f"ap10k-{n}-split{self.split}.json", img) for s, n in names.items()}, "ap10k"
         )
 
 
@@ -283,7 +281,7 @@ class AnimalPoseDataModule(PoseDataModule):
     def files(self) -> dict[str, tuple[Path, Path]]:
         ann = self.root / "annotations"
         return _require(
-            {s: (ann / f"animalpose_{s}.json", self.root / "images") for s in SPLITS}, "animalpose", self.root
+            {s: (ann / f"animalpose_{s}.json", self.root / "images") for s in SPLITS}, "animalpose"
         )
 
 
@@ -367,4 +365,4 @@ class COCODataModule(PoseDataModule):
         self.img_dir = Path(img_dir)
 
     def files(self) -> dict[str, tuple[Path, Path]]:
-        return _require({s: (p, self.img_dir) for s, p in self.paths.items()}, "coco", self.img_dir)
+        return _require({s: (p, self.img_dir) for s, p in self.paths.items()}, "coco")
