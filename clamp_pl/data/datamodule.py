@@ -344,7 +344,13 @@ class DLCDataModule(MouseOpenfieldDataModule):
     def prepare_data(self) -> None:
         from clamp_pl.data.dlc import dlc_to_coco, read_dlc_csv
 
-        frames, _, _ = read_dlc_csv(next(Path(self.project).rglob("CollectedData_*.csv")))
+        csv_file = next(Path(self.project).rglob("CollectedData_*.csv"), None)
+        if csv_file is None:
+            raise FileNotFoundError(
+                f"no DeepLabCut labels (CollectedData_*.csv) under {self.project}: point data.project at a "
+                "DeepLabCut project folder (config.yaml + labeled-data/<video>/CollectedData_<scorer>.csv)"
+            )
+        frames, _, _ = read_dlc_csv(csv_file)
         n = len(frames)
         n_test = max(1, round(n * self.test_fraction))
         n_val = max(1, round(n * self.val_fraction))

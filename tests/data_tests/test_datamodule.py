@@ -72,3 +72,9 @@ def test_missing_ap10k_names_path_and_fix(tmp_path):
     msg = str(err.value)
     assert "ap10k-train-split1.json" in msg and "AP-10K" in msg
     assert isinstance(missing_dataset_error(tmp_path, "ap10k"), FileNotFoundError)
+
+
+def test_dlc_project_without_labels_names_the_folder(tmp_path):
+    dm = DLCDataModule(project=str(tmp_path), root=str(tmp_path / "out"), **COMMON)
+    with pytest.raises(FileNotFoundError, match="CollectedData_"):
+        dm.setup("fit")
