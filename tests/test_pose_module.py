@@ -77,6 +77,41 @@ def test_param_groups(module):
         assert group_of[id(named[name])]["weight_decay"] == OPT["weight_decay"], name
 
 
+@pytest.mark.parametrize(
+    ("fused_cfg", "clip", "scaler", "expected"),
+    [("auto", None, None, True), ("auto", 1.0, None, True), ("auto", 1.0, object(), False),
+     ("auto", None, object(), True), (False, None, None, False)],
+)
+def test_fused_adamw_when_possible(fused_cfg, clip, scaler, expected):
+    model = make_module(optimizer={**OPT, "fused": fused_cfg})
+    model.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1, gradient_clip_val=clip,
+                                    precision_plugin=SimpleNamespace(scaler=scaler))
+    opt = model.configure_optimizers()["optimizer"]
+    assert bool(opt.defaults["fused"]) is expected
+
+
+def test_fused_adamw_step_matches_the_loop_implementation():
+    """The fused kernel is the default: its updates must be those of the reference AdamW (float rounding)."""
+    nets = {}
+    for fused in (True, False):
+        model = make_module(optimizer={**OPT, "fused": fused}).train()
+        attach_fake_trainer(model, 10, 5)
+        cfg = model.configure_optimizers()
+        opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            x = torch.randn(2, 3, 128, 128, generator=g)
+            opt.zero_grad()
+            model(x)["heatmaps"].square().mean().backward()
+            opt.step()
+            sched.step()
+        nets[fused] = dict(model.net.named_parameters())
+    init = dict(make_module().net.named_parameters())
+    for name, p in nets[True].items():
+        torch.testing.assert_close(p, nets[False][name], rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(nets[True]["keypoint_head.final_layer.weight"], init["keypoint_head.final_layer.weight"])
+
+
 def test_lr_schedule_warmup_then_steps():
     """Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` steps, times ``gamma`` at each epoch milestone
     (mmpose's LinearLR by iteration x MultiStepLR by epoch)."""
@@ -181,6 +216,69 @@ def test_text_tower_runs_once_per_validation_epoch():
     calls.clear()
     trainer.validate(model, dataloaders=loader, verbose=False)
     assert calls == ["val"]
+
+
+class _Snapshots(pl.Callback):
+    """NaN in the image of training batch ``poison``; the module and optimiser state after every batch."""
+
+    def __init__(self, poison: int) -> None:
+        self.poison, self.states = poison, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.poison:
+            batch["image"][0, 0, 0, 0] = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        opt = trainer.optimizers[0].state_dict()["state"]
+        self.states.append(({k: v.clone() for k, v in pl_module.state_dict().items()},
+                            {i: {k: v.clone() for k, v in st.items()} for i, st in opt.items()}))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_nonfinite_step_is_skipped_exactly(fused):
+    """The NaN batch's step leaves weights, batch-norm statistics and optimiser moments/step counts as they were
+    after the previous step, with the fused kernel (flag as a tensor) and with the per-tensor loop (no grads)."""
+    model = make_module(optimizer={**OPT, "fused": fused})
+    snap = _Snapshots(poison=1)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[snap])
+    trainer.fit(model, train_dataloaders=DataLoader(RandomPoseData(), batch_size=2))
+    assert bool(trainer.optimizers[0].defaults["fused"]) is fused
+    (before, opt_before), (after, opt_after), (last, _) = snap.states
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    for i in opt_before:
+        for k in opt_before[i]:
+            assert torch.equal(opt_before[i][k], opt_after[i][k]), (i, k)
+    assert model.nonfinite_steps == 1
+    assert not torch.equal(last["net.keypoint_head.final_layer.weight"], after["net.keypoint_head.final_layer.weight"])
+    assert all(torch.isfinite(v).all() for v in last.values() if v.is_floating_point())
+
+
+def test_fused_skip_needs_no_host_sync(monkeypatch):
+    """With a fused optimiser the skip decision stays on the device: no ``item()``/``bool()`` of a tensor."""
+    model = make_module().train()
+    attach_fake_trainer(model, 10, 1)
+    model.trainer.strategy = SimpleNamespace(reduce=lambda t, reduce_op: t)
+    model.trainer.precision_plugin = SimpleNamespace()
+    model.trainer.barebones = True  # self.log() returns at once
+    model.trainer.current_epoch = model.trainer.global_step = 0
+    opt = model.configure_optimizers()["optimizer"]
+    batch = next(iter(DataLoader(RandomPoseData(), batch_size=2)))
+    batch["image"][0, 0, 0, 0] = float("nan")
+    with pytest.warns(UserWarning, match="barebones"):
+        model.training_step(batch, 0).backward()
+
+    def no_sync(*_):
+        raise AssertionError("host sync")
+
+    for name in ("item", "__bool__", "tolist", "cpu"):
+        monkeypatch.setattr(torch.Tensor, name, no_sync)
+    model.on_before_optimizer_step(opt)
+    monkeypatch.undo()
+    assert opt.found_inf.item() == 1.0
+    assert model.collect_nonfinite(log_metric=False) == 1
 
 
 # ---------------------------------------------------------------- learning

@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(args: list[str], tmp_path: Path, data_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    # tests/ on the path: runs can load test-only callbacks (tests/helpers)
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "clamp_pl.train", *args, "debug=tiny", f"paths.log_dir={tmp_path}",
            f"paths.data_dir={data_dir}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
@@ -47,6 +49,22 @@ def test_ddp_cpu_single_run(tmp_path, data_dir):
     (run,) = list((tmp_path / "train" / "runs").iterdir())
     results = json.loads((run / "results.json").read_text())
     assert "test/AP" in results
+
+
+def test_ddp_cpu_nonfinite_loss_on_one_rank_skips_the_step_on_all(tmp_path, data_dir):
+    """A NaN batch on rank 1 only: both ranks skip the same optimiser step and the run goes on (returning None
+    from training_step, as before, made Lightning stop the run under DDP; a rank-local skip would hang)."""
+    import torch
+
+    out = run_cli(["experiment=supervised_toy", "trainer=ddp_cpu", "+callbacks.poison._target_=helpers.poison.PoisonBatches",
+                   "+callbacks.poison.batches=[1]", "+callbacks.poison.ranks=[1]"], tmp_path, data_dir)
+    (run,) = list((tmp_path / "train" / "runs").iterdir())
+    assert json.loads((run / "run.json").read_text())["nonfinite_steps"] == 1
+    assert (out.stdout + out.stderr).count("non-finite training loss or gradients in 1 step(s)") == 2  # each rank
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["nonfinite_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+    assert "test/AP" in json.loads((run / "results.json").read_text())
 
 
 def test_ddp_cpu_multirun_one_result_per_job(tmp_path, data_dir):

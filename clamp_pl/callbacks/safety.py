@@ -56,9 +56,10 @@ def _keep_best_tracking(trainer: pl.Trainer, checkpoint: dict) -> None:
 
 class RunSafetyCallback(pl.Callback):
     """Args:
-        on_nonfinite: "skip" (drop the step, count it, go on), "stop" (save ``checkpoints/nonfinite.ckpt`` and
-            stop with :class:`NonFiniteLossError`) or "off" (no check, no host sync per step).
-        max_nonfinite: with "skip", stop as with "stop" once more than this many steps were skipped.
+        on_nonfinite: "skip" (drop the optimiser step, count it, go on), "stop" (drop it, save
+            ``checkpoints/nonfinite.ckpt`` and stop with :class:`NonFiniteLossError`) or "off" (no check).
+        max_nonfinite: with "skip", stop as with "stop" once more than this many steps were skipped (checked
+            every ``log_every_n_steps``, when the count is read from the device).
         checkpoint_on_signal: on SIGTERM (and SIGUSR1 outside SLURM, where Lightning's own auto-requeue
             handler owns it) save ``checkpoints/last.ckpt`` and exit cleanly after the current step.
     """
@@ -75,6 +76,8 @@ class RunSafetyCallback(pl.Callback):
 
     # ---------------------------------------------------------------- exact resume
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if hasattr(pl_module, "collect_nonfinite"):
+            pl_module.collect_nonfinite(log_metric=False)
         checkpoint["rng_states"] = _rng_state()
         checkpoint["nonfinite_steps"] = int(getattr(pl_module, "nonfinite_steps", 0))
 
@@ -114,6 +117,12 @@ class RunSafetyCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        # the skipped-step count lives on the device until read: every step with "stop", else at logging steps
+        # (a host sync there costs nothing extra: Lightning syncs to log anyway)
+        if hasattr(pl_module, "collect_nonfinite") and self.on_nonfinite != "off" and (
+            self.on_nonfinite == "stop" or trainer.global_step % trainer.log_every_n_steps == 0
+        ):
+            pl_module.collect_nonfinite()
         reason = getattr(pl_module, "stop_reason", None)
         if reason is None and self.on_nonfinite == "skip" and pl_module.nonfinite_steps > self.max_nonfinite:
             reason = f"more than {self.max_nonfinite} steps had a non-finite loss"
