@@ -7,13 +7,16 @@ prints the Markdown table. Cases (``--only``):
   ``TopDownDataset`` in train mode, reduced-resolution JPEG decoding on and off, on 24 synthetic AP-10K-sized
   JPEGs (1024x683) + the 2 real AP-10K samples in ``tests/data/ap10k``; reference: ``cv2.imread`` +
   ``cv2.warpAffine`` alone. Target: >= 150 samples/s per core.
-* ``train``: one training step (forward + ``CLAMPLoss`` + backward + AdamW step), batch 8, random init, of CLAMP
-  vs the image-only baseline with the same backbone and head, for ``conf/model/clamp_{tiny,vitb16,rn50}.yaml``.
-  Target: CLAMP <= 1.15x the baseline.
+* ``train``: one training step (forward + ``CLAMPLoss`` + backward + fused AdamW step, as ``PoseLitModule``),
+  batch 8, random init, of CLAMP vs the image-only baseline with the same backbone and head, for
+  ``conf/model/clamp_{tiny,vitb16,rn50}.yaml``. Target: CLAMP <= 1.15x the baseline. The FLOP ratio column is
+  the floor the arithmetic sets (``torch.utils.flop_counter``): CLAMP RN50's dense attention pool and its
+  3 x 256-channel upsampler for the spatial loss (spec section 1.7) are ~1.3x the baseline's FLOPs by
+  themselves. Then the AdamW step alone, fused kernel vs PyTorch's per-tensor loop.
 * ``text``: the ViT-B/16 text tower (``--text-model``) on the 17 AP-10K prompts: truncated context (13 tokens) vs all 77
   (target <= 0.25x), the shared SOT+context prefix vs running it per prompt, and N validation forwards with the
   cached text features vs recomputing them every forward.
-* ``flip``: ``PoseLitModule.predict_heatmaps`` with flip test (both passes batched) vs one pass.
+* ``flip``: ``PoseLitModule.predict_heatmaps`` with flip test (both passes batched) vs one pass (FLOP ratio 2).
 * ``eval``: 6,000 AP-10K-like instances (4,500 images, 54 categories, K=17) through ``evaluate_keypoints`` and
   ``CocoKeypointAP`` (update + compute, which adds NMS, per-species/family AP, PCK, swap rate) vs xtcocotools
   ``COCOeval`` called directly on JSON files, as mmpose does. Target: within 1.2x.
@@ -142,6 +145,7 @@ class Row:
     cpu_ref_value: float | None = None
     mem_mib: float | None = None
     ref_mem_mib: float | None = None
+    flop_ratio: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -322,8 +326,9 @@ def synthetic_batch(model, batch: int, heatmap_size: tuple[int, int]) -> dict[st
     }
 
 
-def make_optimizer(model) -> torch.optim.Optimizer:
-    """AdamW with the no-decay split of ``PoseLitModule`` (the frozen text tower is left out)."""
+def make_optimizer(model, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW with the no-decay split of ``PoseLitModule`` (the frozen text tower is left out), fused as
+    ``PoseLitModule`` makes it by default (``optimizer.fused: auto``)."""
     from clamp_pl.models import no_weight_decay
 
     decay, no_decay = [], []
@@ -331,8 +336,19 @@ def make_optimizer(model) -> torch.optim.Optimizer:
         if p.requires_grad:
             (no_decay if no_weight_decay(name, p) else decay).append(p)
     return torch.optim.AdamW(
-        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, weight_decay=1e-4
+        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, weight_decay=1e-4, fused=fused
     )
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call (``torch.utils.flop_counter``: matrix products, convolutions,
+    attention, forward and backward; element-wise ops are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
 
 
 def make_train_step(model, criterion, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
@@ -439,32 +455,51 @@ def bench_train(models: list[str], repeats: int | None, batch: int) -> list[Row]
         cfg = model_config(MODELS[key])
         log(f"train: {key} ({cfg['net']['clip_model']} at {cfg['net']['image_size']})")
         criterion = CLAMPLoss(**cfg["loss"])
-        fns, nets = {}, {}
+        fns, nets, flops = {}, {}, {}
         for variant, text_branch in (("clamp", True), ("baseline", False)):
             nets[variant] = build_clamp(cfg, text_branch)
-            fns[variant] = make_train_step(
-                nets[variant], criterion, synthetic_batch(nets[variant], batch, cfg["heatmap_size"])
-            )
-        t = time_interleaved(fns, repeats or DEFAULT_REPEATS[key])
+            data = synthetic_batch(nets[variant], batch, cfg["heatmap_size"])
+            fns[variant] = make_train_step(nets[variant], criterion, data)
+            flops[variant] = count_flops(fns[variant])
+        reps = repeats or DEFAULT_REPEATS[key]
+        t = time_interleaved(fns, reps)
         mem = {k: peak_memory_mib(fn) for k, fn in fns.items()}
         size = cfg["net"]["image_size"]
+        name = f"{cfg['net']['clip_model']} {size}px"
         rows.append(
             time_row(
                 "train",
-                f"train step CLAMP {cfg['net']['clip_model']} {size}px, batch {batch}",
+                f"train step CLAMP {name}, batch {batch}",
                 "image-only baseline, same backbone + head",
                 t["clamp"],
                 t["baseline"],
                 target=("ratio_le", 1.15),
                 mem_mib=mem["clamp"],
                 ref_mem_mib=mem["baseline"],
+                flop_ratio=flops["clamp"] / flops["baseline"],
                 detail={
                     "params_clamp": sum(p.numel() for p in nets["clamp"].parameters() if p.requires_grad),
                     "params_baseline": sum(p.numel() for p in nets["baseline"].parameters()),
+                    "gflop_clamp": flops["clamp"] / 1e9,
+                    "gflop_baseline": flops["baseline"] / 1e9,
                 },
             )
         )
-        del fns, nets
+        # the optimiser step alone, on the gradients the last timed step left: fused kernel vs per-tensor loop
+        net = nets["clamp"]
+        opts = {"fused": make_optimizer(net, fused=True), "loop": make_optimizer(net, fused=False)}
+        t = time_interleaved({k: o.step for k, o in opts.items()}, reps + 2)
+        n_tensors = sum(len(g["params"]) for g in opts["fused"].param_groups)
+        rows.append(
+            time_row(
+                "train",
+                f"AdamW step, CLAMP {name} ({n_tensors} tensors), fused kernel",
+                "per-tensor loop (PyTorch's CPU default)",
+                t["fused"],
+                t["loop"],
+            )
+        )
+        del fns, nets, opts
         gc.collect()
     return rows
 
@@ -593,6 +628,7 @@ def bench_flip(models: list[str], repeats: int | None, batch: int) -> list[Row]:
         }
         t = time_interleaved(fns, repeats or DEFAULT_REPEATS[key])
         mem = {k: peak_memory_mib(fn) for k, fn in fns.items()}
+        flops = {k: count_flops(fn) for k, fn in fns.items()}
         rows.append(
             time_row(
                 "flip",
@@ -602,6 +638,7 @@ def bench_flip(models: list[str], repeats: int | None, batch: int) -> list[Row]:
                 t[False],
                 mem_mib=mem[True],
                 ref_mem_mib=mem[False],
+                flop_ratio=flops[True] / flops[False],
             )
         )
         del module, fns
@@ -812,18 +849,22 @@ def to_markdown(rows: list[Row], info: dict[str, Any], settings: dict[str, Any])
         f"{info['python']}; load average {info['load_avg_start']:.1f} at start, {info['load_avg_end']:.1f} at end.",
         "",
         "Medians of interleaved runs (wall time; the CPU-time ratio alongside), each figure measured next to its "
-        "reference in the same run. Ratio = figure / reference. Peak memory: resident memory above the level "
+        "reference in the same run. Ratio = figure / reference. FLOP ratio: the floating-point operations of the "
+        "figure over those of the reference (`torch.utils.flop_counter`, matrix products and convolutions, "
+        "forward + backward): the ratio the arithmetic alone sets. Peak memory: resident memory above the level "
         "before one call (`scripts/benchmark.py` explains how). Method and cases: `scripts/benchmark.py`.",
         "",
-        f"| case | figure | value | reference | ref. value | ratio | CPU ratio | target | | {mem} |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | --- | --- | ---: |",
+        f"| case | figure | value | reference | ref. value | ratio | CPU ratio | FLOP ratio | target | | {mem} |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | ---: |",
     ]
     for r in rows:
         mems = f"{_fmt_mem(r.mem_mib)} / {_fmt_mem(r.ref_mem_mib)}"
         cpu_ratio = "-" if r.cpu_ratio is None else f"{r.cpu_ratio:.2f}"
+        flop_ratio = "-" if r.flop_ratio is None else f"{r.flop_ratio:.2f}"
         lines.append(
             f"| {r.case} | {r.figure} | {_fmt(r.value, r.unit)} | {r.reference} | "
-            f"{_fmt(r.ref_value, r.unit)} | {r.ratio:.2f} | {cpu_ratio} | {r.target_text} | {r.ok} | {mems} |"
+            f"{_fmt(r.ref_value, r.unit)} | {r.ratio:.2f} | {cpu_ratio} | {flop_ratio} | {r.target_text} | {r.ok} "
+            f"| {mems} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -31,9 +31,10 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
     data = json.loads((tmp_path / "benchmarks_gpu.json").read_text())
     rows = {r["config"]: r for r in data["rows"]}
     for config in (
-        "synthetic, eager",
+        "synthetic, eager (fused AdamW, device-side non-finite skip)",
         "synthetic, eager, channels_last",
-        "synthetic, eager, fused AdamW + device-side skip (no sync)",
+        "synthetic, eager, fused AdamW + isfinite check (host sync)",
+        "synthetic, eager, foreach AdamW, no check",
         "real loader (0 workers), eager",
     ):
         for variant in ("clamp", "baseline"):
@@ -41,15 +42,15 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
     assert rows["loader alone, 0 workers"]["loader_images_per_s"] > 0
     flops = data["settings"]["tflop_per_step"]
     assert flops["clamp"] > flops["baseline"] > 0
-    assert "| synthetic, eager |" in (tmp_path / "benchmarks_gpu.md").read_text()
+    assert "| synthetic, eager (fused AdamW, device-side non-finite skip) |" in (tmp_path / "benchmarks_gpu.md").read_text()
 
 
-def test_cpu_benchmark_eval_and_text(tmp_path):
+def test_cpu_benchmark_eval_text_train(tmp_path):
     _run(
         "benchmark.py",
         "--quick",
         "--only",
-        "eval,text",
+        "eval,text,train",
         "--repeats",
         "1",
         "--text-model",
@@ -64,11 +65,15 @@ def test_cpu_benchmark_eval_and_text(tmp_path):
     data = json.loads((tmp_path / "benchmarks.json").read_text())
     assert data["machine"]["torch"] and data["machine"]["omp_wait_policy"] == "PASSIVE"
     rows = data["rows"]
-    assert {r["case"] for r in rows} == {"eval", "text"}
+    assert {r["case"] for r in rows} == {"eval", "text", "train"}
     assert data["settings"]["models"] == ["tiny"]  # --quick
     for r in rows:
         assert r["value"] > 0 and r["ref_value"] > 0 and r["ratio"] > 0, r
     evals = [r for r in rows if r["case"] == "eval"]
     assert len(evals) == 2 and evals[0]["detail"]["identical_stats"]
+    step, opt = [r for r in rows if r["case"] == "train"]
+    # the text branch adds arithmetic: more FLOPs than the baseline, fewer than twice
+    assert 1.0 < step["flop_ratio"] < 2.0 and step["detail"]["gflop_clamp"] > step["detail"]["gflop_baseline"]
+    assert "fused" in opt["figure"] and opt["flop_ratio"] is None
     md = (tmp_path / "benchmarks.md").read_text()
-    assert md.count("\n| eval |") == 2 and "**Machine:**" in md
+    assert md.count("\n| eval |") == 2 and md.count("\n| train |") == 2 and "**Machine:**" in md
