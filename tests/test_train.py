@@ -53,6 +53,29 @@ def test_run_dir_contract(short_run):
     assert split["protocol"]["name"] == "supervised"
 
 
+def test_bad_case_gallery_holds_the_lowest_oks(short_run, data_dir):
+    """vis/test_worst.json: the test instances with the lowest OKS, recomputed here from the written predictions
+    and the ground truth."""
+    import numpy as np
+
+    from clamp_pl.data.metainfo import get_meta
+    from clamp_pl.data.toy import ensure_toy_ap10k
+    from clamp_pl.evaluation import instance_oks
+
+    cases = json.loads((short_run / "vis" / "test_worst.json").read_text())
+    assert (short_run / "vis" / "test_worst_predictions.png").is_file()
+    gt = json.loads(ensure_toy_ap10k(data_dir / "toy_ap10k", n_train=96, n_val=24, n_test=24)["test"].read_text())
+    anns = {a["id"]: a for a in gt["annotations"]}
+    preds = [p for p in json.loads((short_run / "predictions" / "test_predictions.json").read_text())
+             if np.asarray(anns[p["ann_id"]]["keypoints"]).reshape(-1, 3)[:, 2].any()]
+    kp = np.array([p["keypoints"] for p in preds]).reshape(len(preds), 17, 3)
+    g = np.array([anns[p["ann_id"]]["keypoints"] for p in preds], dtype=float).reshape(len(preds), 17, 3)
+    oks = instance_oks(kp, g, np.array([anns[p["ann_id"]]["area"] for p in preds]), get_meta("ap10k").sigmas)
+    expected = sorted(zip(oks.round(4), (p["ann_id"] for p in preds)))[: len(cases)]
+    assert len(cases) == min(8, len(preds)) and [c["oks"] for c in cases] == [o for o, _ in expected]
+    assert {c["ann_id"] for c in cases} == {a for _, a in expected}
+
+
 def test_checkpoint_loads_weights_only(short_run):
     ckpt = torch.load(short_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]

@@ -1,12 +1,15 @@
 """``KeypointVisCallback``: a fixed set of validation crops with predicted (coloured) and true (white)
-skeletons, and the K score maps of the first crop, every N epochs — as PNGs in ``<run dir>/vis/`` and as images
-in every logger that takes them (W&B, TensorBoard). """
+skeletons, and the K score maps of the first crop, every N epochs; after testing, the test instances with the
+lowest OKS (bad cases) — as PNGs in ``<run dir>/vis/`` and as images in every logger that takes them (W&B,
+TensorBoard). """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -17,25 +20,42 @@ log = logging.getLogger(__name__)
 
 
 class KeypointVisCallback(pl.Callback):
-    def __init__(self, num_samples: int = 8, every_n_epochs: int = 10, score_threshold: float = 0.3) -> None:
+    """Args:
+        num_samples: validation/test crops drawn (evenly spaced through the split).
+        every_n_epochs: draw the validation crops every N epochs (and at the last one).
+        score_threshold: predicted keypoints at or below it are not drawn.
+        num_worst: after testing, draw the test instances with the lowest OKS (``vis/test_worst_*.png``, with
+            ``vis/test_worst.json`` listing ann id, image id, species and OKS); 0 turns it off.
+    """
+
+    def __init__(self, num_samples: int = 8, every_n_epochs: int = 10, score_threshold: float = 0.3,
+                 num_worst: int = 8) -> None:
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
         self.score_threshold = score_threshold
+        self.num_worst = num_worst
 
-    def _batch(self, trainer: pl.Trainer, split: str) -> dict[str, torch.Tensor] | None:
+    @staticmethod
+    def _dataset(trainer: pl.Trainer, split: str):
         dm = trainer.datamodule
-        ds = getattr(dm, "datasets", {}).get(split) if dm is not None else None
+        return getattr(dm, "datasets", {}).get(split) if dm is not None else None
+
+    def _batch(self, trainer: pl.Trainer, split: str, indices=None) -> dict[str, torch.Tensor] | None:
+        ds = self._dataset(trainer, split)
         if not ds:
             return None
-        idx = np.linspace(0, len(ds) - 1, min(self.num_samples, len(ds))).round().astype(int)
-        items = [ds[int(i)] for i in idx]
+        if indices is None:
+            indices = np.linspace(0, len(ds) - 1, min(self.num_samples, len(ds))).round().astype(int)
+        items = [ds[int(i)] for i in indices]
         return {k: torch.stack([torch.as_tensor(it[k]) for it in items])
                 for k in ("image", "keypoint_weights", "heatmaps")}
 
     @torch.no_grad()
-    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str = "val") -> dict[str, np.ndarray]:
-        """Pictures of the fixed crops: ``{"predictions": mosaic, "score_maps": mosaic}`` (RGB uint8)."""
-        batch = self._batch(trainer, split)
+    def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str = "val",
+               indices=None, captions=None) -> dict[str, np.ndarray]:
+        """Pictures of the crops ``indices`` of the split (default: the fixed evenly spaced ones):
+        ``{"predictions": mosaic, "score_maps": mosaic}`` (RGB uint8); ``captions``: one line per crop."""
+        batch = self._batch(trainer, split, indices)
         if batch is None:
             return {}
         was_training = pl_module.training
@@ -56,6 +76,8 @@ class KeypointVisCallback(pl.Callback):
             img = denormalize(batch["image"][i].numpy(), norm)
             img = draw_pose(img, true[i], batch["keypoint_weights"][i].numpy(), skeleton, 0.5, color=(255, 255, 255))
             img = draw_pose(img, pred[i], scores[i], skeleton, self.score_threshold)
+            if captions is not None:
+                cv2.putText(img, captions[i], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 0), 1, cv2.LINE_AA)
             tiles.append(img)
         pictures = {"predictions": mosaic(tiles)}
         if score_maps is not None:
@@ -89,3 +111,25 @@ class KeypointVisCallback(pl.Callback):
         if not trainer.is_global_zero:
             return
         self._emit(trainer, self.render(trainer, pl_module, "test"), "test")
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The bad-case gallery: the ``num_worst`` test instances with the lowest OKS (the metric's own)."""
+        if not trainer.is_global_zero or self.num_worst <= 0:
+            return
+        oks = getattr(pl_module, "instance_oks", {}).get("test") or {}
+        ds = self._dataset(trainer, "test")
+        if not oks or not ds:
+            return
+        index = {inst.ann_id: i for i, inst in enumerate(ds.instances)}
+        worst = sorted((v, a) for a, v in oks.items() if a in index)[: self.num_worst]
+        species = getattr(pl_module.hparams, "species", None) or {}
+        cases = [{"ann_id": int(a), "image_id": int(ds.instances[index[a]].image_id),
+                  "species": species.get(ds.instances[index[a]].category_id, ""), "oks": round(float(v), 4)}
+                 for v, a in worst]
+        pictures = self.render(trainer, pl_module, "test", indices=[index[c["ann_id"]] for c in cases],
+                               captions=[f"OKS {c['oks']:.2f} ann {c['ann_id']}" for c in cases])
+        pictures.pop("score_maps", None)
+        self._emit(trainer, pictures, "test_worst")
+        out = Path(trainer.default_root_dir) / "vis" / "test_worst.json"
+        out.write_text(json.dumps(cases, indent=1))
+        log.info("bad cases: the %d test instances with the lowest OKS drawn to %s", len(cases), out.parent)

@@ -269,6 +269,25 @@ def oks_iou(
     return np.exp(-e).mean(axis=1)
 
 
+def instance_oks(pred: np.ndarray, gt: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """OKS of each prediction with its own ground-truth instance, as COCOeval's ``computeOks`` for that pair.
+
+    Args:
+        pred: (N, K, 2+) predicted keypoints (image pixels); gt: (N, K, 3) ground truth (x, y, v).
+        areas: (N,) ground-truth areas (the annotations' ``area``); sigmas: (K,).
+
+    Returns:
+        (N,) OKS in [0, 1] over the labelled (v > 0) keypoints; NaN for an instance without any.
+    """
+    var = (2 * np.asarray(sigmas, dtype=np.float64)) ** 2
+    d2 = ((np.asarray(pred, dtype=np.float64)[..., :2] - gt[..., :2]) ** 2).sum(-1)
+    e = np.exp(-d2 / var / (np.asarray(areas, dtype=np.float64)[:, None] + np.spacing(1)) / 2)
+    visible = gt[..., 2] > 0
+    n_vis = visible.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n_vis > 0, (e * visible).sum(1) / n_vis, np.nan)
+
+
 def _result_area(r: Mapping) -> float:
     if "area" in r:
         return float(r["area"])

@@ -16,7 +16,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from clamp_pl.evaluation.coco_eval import coco_keypoint_eval, load_gt, oks_nms, rescore
+from clamp_pl.evaluation.coco_eval import coco_keypoint_eval, instance_oks, load_gt, oks_nms, rescore
 from clamp_pl.evaluation.pck import pck, swap_rate
 
 PCK_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
@@ -70,6 +70,7 @@ class CocoKeypointAP(Metric):
         self.score_thr = score_thr
         self.use_area = use_area
         self._results: list[dict] | None = None
+        self._instance_oks: dict[int, float] = {}
 
         for name in ("ann_ids", "image_ids", "category_ids", "keypoints", "scores", "box_scores", "areas"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -162,6 +163,7 @@ class CocoKeypointAP(Metric):
         return results
 
     def _keypoint_metrics(self, s: Mapping[str, np.ndarray]) -> dict[str, float]:
+        self._instance_oks = {}
         in_gt = np.array([int(a) in self.coco_gt.anns for a in s["ann_ids"]], dtype=bool)
         if not in_gt.any():
             return {}
@@ -169,6 +171,9 @@ class CocoKeypointAP(Metric):
         gt = np.array([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), -1, 3)
         norm = np.array([max(a["bbox"][2], a["bbox"][3]) for a in anns], dtype=np.float64)
         pred, visible = s["keypoints"][in_gt], gt[..., 2] > 0
+        areas = np.array([a.get("area") or a["bbox"][2] * a["bbox"][3] for a in anns], dtype=np.float64)
+        oks = instance_oks(pred, gt, areas, self.sigmas)
+        self._instance_oks = {int(a): float(o) for a, o in zip(s["ann_ids"][in_gt], oks) if np.isfinite(o)}
         out = {}
         for thr in PCK_THRESHOLDS:
             value = pck(pred, gt[..., :2], visible, norm, thr)
@@ -203,6 +208,13 @@ class CocoKeypointAP(Metric):
             raise RuntimeError("CocoKeypointAP.coco_results() needs compute() first")
         return [dict(r) for r in self._results]
 
+    def instance_oks(self) -> dict[int, float]:
+        """``ann_id`` -> OKS of its prediction with its ground truth (COCOeval's formula for the pair, before
+        rescoring and NMS), from the last ``compute()``; instances without labelled keypoints are left out.
+        The bad-case gallery (``KeypointVisCallback``) shows the lowest."""
+        return dict(self._instance_oks)
+
     def reset(self) -> None:
         super().reset()
         self._results = None
+        self._instance_oks = {}

@@ -15,6 +15,7 @@ from clamp_pl.evaluation import (
     STAT_NAMES,
     SparseCOCOeval,
     evaluate_keypoints,
+    instance_oks,
     oks_nms,
     per_category_ap,
     rescore,
@@ -124,6 +125,22 @@ def test_sparse_evaluate_equals_stock_cocoeval():
     np.testing.assert_array_equal(sparse.eval["precision"], stock.eval["precision"])
     np.testing.assert_array_equal(sparse.eval["recall"], stock.eval["recall"])
     np.testing.assert_array_equal(sparse.stats, stock.stats)
+
+
+def test_instance_oks_equals_cocoeval_pair_oks():
+    """One instance per image: COCOeval's OKS matrix for (image, category) is the 1x1 OKS of the pair."""
+    gt = make_gt(n_images=20, n_instances=20)
+    results = as_results(gt, noise=0.05)
+    ev = oracle(gt, results)
+    anns = gt["annotations"]
+    pred = np.array([r["keypoints"] for r in results]).reshape(len(results), K, 3)
+    kp = np.array([a["keypoints"] for a in anns], dtype=float).reshape(len(anns), K, 3)
+    ours = instance_oks(pred, kp, np.array([a["area"] for a in anns]), SIGMAS)
+    theirs = [float(np.asarray(ev.ious[(a["image_id"], a["category_id"])]).item()) for a in anns]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    assert 0.05 < ours.min() < ours.max() < 1.0
+    kp[0, :, 2] = 0  # nothing labelled: undefined
+    assert np.isnan(instance_oks(pred[:1], kp[:1], np.array([1.0]), SIGMAS)[0])
 
 
 def test_wrong_category_ids_lower_ap():

@@ -119,6 +119,22 @@ def test_perfect_predictions():
     assert len(results[0]["keypoints"]) == 3 * K
 
 
+def test_instance_oks_per_ground_truth_instance():
+    """Perfect cats score OKS 1, noisy dogs and lions less; the detector duplicate (not in GT) is absent."""
+    gt = make_gt()
+    metric = make_metric(gt)
+    assert metric.instance_oks() == {}  # nothing computed yet
+    update(metric, make_predictions(gt, perfect_cats=(1,)))
+    metric.compute()
+    oks = metric.instance_oks()
+    assert set(oks) == {a["id"] for a in gt["annotations"]}
+    cat = {a["id"]: a["category_id"] for a in gt["annotations"]}
+    assert all(v == pytest.approx(1.0) for a, v in oks.items() if cat[a] == 1)
+    assert all(0.0 < v < 1.0 for a, v in oks.items() if cat[a] != 1)
+    metric.reset()
+    assert metric.instance_oks() == {}
+
+
 def test_matches_functional_pipeline():
     gt = make_gt(seed=2)
     data = make_predictions(gt, seed=3)
