@@ -93,7 +93,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     loggers = instantiate_loggers(cfg.get("logger"), run_dir, resume_from=ckpt_path)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     hp = log_hyperparameters(cfg, model, trainer)
-    log.info("parameters: %s", {k: v for k, v in hp.items() if k.startswith("params/")})
+    log.info("model size: %s", {k: v for k, v in hp.items() if k.startswith(("params/", "flops/"))})
 
     metrics: dict[str, Any] = {}
     if cfg.get("train"):

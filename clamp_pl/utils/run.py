@@ -150,11 +150,37 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
 
 
+def count_flops(model: pl.LightningModule) -> dict[str, float]:
+    """GFLOPs of the network's forward pass on one crop, as in inference (text features computed beforehand and
+    cached; flip test doubles it). ``torch.utils.flop_counter`` counts matrix products, convolutions and
+    attention, not element-wise ops. ``{}`` for a model without ``net.image_tower``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = getattr(model, "net", None)
+    if net is None or not hasattr(net, "image_tower"):
+        return {}
+    size = net.image_tower.image_size
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            if getattr(net, "prompt_learner", None) is not None:
+                net.text_features()  # cached: evaluation computes it once per epoch, not per crop
+            counter = FlopCounterMode(display=False)
+            with counter:
+                net(torch.zeros(1, 3, size, size, device=device))
+    finally:
+        net.train(was_training)
+    return {"flops/gflops_per_crop": counter.get_total_flops() / 1e9}
+
+
 def log_hyperparameters(cfg: DictConfig, model: pl.LightningModule, trainer: pl.Trainer) -> dict[str, Any]:
-    """Send the resolved config and the parameter counts to every logger (rank zero)."""
+    """Send the resolved config, the parameter counts and the forward GFLOPs per crop to every logger."""
     hp: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     hp.pop("hydra", None)
     hp.update(count_parameters(model))
+    hp.update(count_flops(model))
     for lg in trainer.loggers:
         lg.log_hyperparams(hp)
     return hp
