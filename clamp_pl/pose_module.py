@@ -103,6 +103,8 @@ class PoseLitModule(pl.LightningModule):
         self._saved_stats: list[Tensor] | None = None
         self._compiled: torch.nn.Module | None = None
         self.metrics: dict[str, CocoKeypointAP] = {}
+        # split -> {ann_id: OKS} of the last evaluation (the bad-case gallery reads it)
+        self.instance_oks: dict[str, dict[int, float]] = {}
 
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -268,6 +270,7 @@ class PoseLitModule(pl.LightningModule):
                 if rows and hasattr(lg, "log_table"):  # W&B
                     lg.log_table(key="test/AP_species", columns=["species", "AP"], data=rows)
         self.last_metrics = {f"{split}/{k}": v for k, v in values.items()}
+        self.instance_oks[split] = metric.instance_oks()
         metric.reset()
         return values
 
