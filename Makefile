@@ -8,6 +8,11 @@ export WANDB_MODE ?= offline
 # OpenMP threads sleep instead of spinning when idle: on a shared 2-core machine spinning made small torch ops
 # 10-20x slower (docs/benchmarks.md)
 export OMP_WAIT_POLICY ?= PASSIVE
+# glibc malloc keeps freed memory instead of returning it to the kernel after every step: CPU training steps stop
+# page-faulting their activations back in (CLAMP RN50 step 4.2-5.6 s -> 3.8 s; scripts/benchmark.py)
+export MALLOC_MMAP_THRESHOLD_ ?= 33554432
+export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
+export MALLOC_TOP_PAD_ ?= 1073741824
 
 .DEFAULT_GOAL := help
 

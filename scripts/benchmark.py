@@ -38,6 +38,13 @@ libgomp). With libgomp's default active spin-waiting, a machine shared with othe
 region into a scheduler time slice (~8 ms each on a 2-core VM at load 4: the ViT-B/16 text tower fwd+bwd took
 5 s instead of 0.25 s); passive waiting costs little on an idle machine. The data case runs single-threaded.
 
+Memory allocator. CPU tensors come from glibc malloc, which by default hands large freed blocks back to the
+kernel, so every training step page-faults its activations in again: 160k-390k minor faults (0.6-1.5 GB
+first-touched) per CLAMP RN50 step, 0.4-1.6 s of system time, the step 4.2-5.6 s instead of 3.8 s. The script
+sets ``MALLOC_MMAP_THRESHOLD_`` (32 MiB), ``MALLOC_TRIM_THRESHOLD_`` (16 GiB) and ``MALLOC_TOP_PAD_`` (1 GiB)
+unless set (``GLIBC_MALLOC_ENV``; ``make`` exports the same): freed memory stays with the process and the
+steady-state steps fault nothing, so the ratios measure computation, not the allocator.
+
 Usage: ``python scripts/benchmark.py [--quick] [--only data,train,text,flip,eval] [--repeats N] [--out docs/]``.
 ``--quick`` skips the ViT-B/16 and RN50 models (about a minute instead of 10-15 minutes on 2 cores). The output
 holds exactly the cases of this run: point ``--out`` elsewhere for partial runs.
@@ -70,6 +77,12 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# glibc malloc keeps freed memory (see the module docstring); read by glibc at process start
+GLIBC_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(16 * 2**30),
+    "MALLOC_TOP_PAD_": str(2**30),
+}
 CASES = ("data", "train", "text", "flip", "eval")
 MODELS = {"tiny": "clamp_tiny", "vitb16": "clamp_vitb16", "rn50": "clamp_rn50"}
 HEAVY_MODELS = ("vitb16", "rn50")
@@ -818,6 +831,7 @@ def machine_info() -> dict[str, Any]:
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "malloc_env": {k: os.environ.get(k, "(glibc default)") for k in GLIBC_MALLOC_ENV},
         "torch": torch.__version__,
         "numpy": np.__version__,
         "opencv": cv2.__version__,
@@ -845,7 +859,9 @@ def to_markdown(rows: list[Row], info: dict[str, Any], settings: dict[str, Any])
         f"`{settings['command']}` on {info['date']}, commit `{info['commit'] or '?'}`.",
         "",
         f"**Machine:** {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']} "
-        f"({info['torch_threads']} threads, OMP_WAIT_POLICY={info['omp_wait_policy']}), numpy {info['numpy']}, OpenCV {info['opencv']}, Python "
+        f"({info['torch_threads']} threads, OMP_WAIT_POLICY={info['omp_wait_policy']}, glibc malloc "
+        f"{' '.join(f'{k}={v}' for k, v in info['malloc_env'].items())}), numpy {info['numpy']}, "
+        f"OpenCV {info['opencv']}, Python "
         f"{info['python']}; load average {info['load_avg_start']:.1f} at start, {info['load_avg_end']:.1f} at end.",
         "",
         "Medians of interleaved runs (wall time; the CPU-time ratio alongside), each figure measured next to its "
@@ -951,9 +967,10 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if "OMP_WAIT_POLICY" not in os.environ and argv is None:
-        # libgomp reads it when torch is imported, hence the re-exec (see the module docstring)
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    wanted = {"OMP_WAIT_POLICY": "PASSIVE", **GLIBC_MALLOC_ENV}
+    if argv is None and any(k not in os.environ for k in wanted):
+        # libgomp and glibc read them at start-up, hence the re-exec (see the module docstring)
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**wanted, **os.environ})
     _, md = run(args)
     print(md)
 

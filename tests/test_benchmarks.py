@@ -64,6 +64,7 @@ def test_cpu_benchmark_eval_text_train(tmp_path):
     )
     data = json.loads((tmp_path / "benchmarks.json").read_text())
     assert data["machine"]["torch"] and data["machine"]["omp_wait_policy"] == "PASSIVE"
+    assert data["machine"]["malloc_env"]["MALLOC_TRIM_THRESHOLD_"] == str(16 * 2**30)  # set by the re-exec
     rows = data["rows"]
     assert {r["case"] for r in rows} == {"eval", "text", "train"}
     assert data["settings"]["models"] == ["tiny"]  # --quick
