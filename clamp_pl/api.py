@@ -34,6 +34,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageReadError",
     "PoseEstimator",
+    "coco_result",
     "load_model",
     "nearest_context_tokens",
     "read_image",
@@ -273,6 +274,17 @@ class PoseEstimator:
         out = self.model(torch.from_numpy(np.ascontiguousarray(crops)).to(self.device))
         maps = out.get("score_maps")
         return None if maps is None else maps.float().cpu().numpy()
+
+
+def coco_result(instance: dict[str, Any], image_id: Any, default_category_id: int = 1, **extra: Any) -> dict:
+    """One instance of :meth:`PoseEstimator.predict` as a COCO keypoint result: ``image_id``, ``category_id``
+    (the box's, else ``default_category_id``), flat ``keypoints`` ``[x, y, score] * K`` (image pixels, 3
+    decimals), ``score``, ``bbox`` and the ``extra`` fields."""
+    kpts = np.concatenate([instance["keypoints"], instance["scores"][:, None]], axis=1)
+    cat = instance["category_id"] if instance["category_id"] is not None else default_category_id
+    return {**extra, "image_id": image_id, "category_id": cat,
+            "keypoints": [round(float(v), 3) for v in kpts.ravel()], "score": float(instance["score"]),
+            "bbox": [round(v, 2) for v in instance["bbox"]]}
 
 
 def load_model(

@@ -2,7 +2,8 @@
 [boxes=<detections.json>] [score_threshold=0.3] [flip_test=true] [output_dir=<folder>]``.
 
 Input: one image file, or every image directly inside a folder (not recursive; suffixes in
-:data:`clamp_pl.api.IMAGE_SUFFIXES`, sorted by name).
+:data:`clamp_pl.api.IMAGE_SUFFIXES`, sorted by name). A video file (:data:`clamp_pl.video.VIDEO_SUFFIXES`) is
+predicted frame by frame instead: see :mod:`clamp_pl.video`.
 
 Boxes: without ``boxes`` each image gets one whole-image box ``[0, 0, W, H]`` (score 1, ``category_id`` from the
 config). With ``boxes`` the file is a COCO detections list ``[{"image_id", "bbox": [x, y, w, h], "score",
@@ -36,17 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import hydra
 import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from clamp_pl.api import IMAGE_SUFFIXES, ImageReadError, PoseEstimator, load_model, read_image
+from clamp_pl.api import IMAGE_SUFFIXES, ImageReadError, PoseEstimator, coco_result, load_model, read_image
 from clamp_pl.evaluation import write_results
 from clamp_pl.utils.config import config_dir
 from clamp_pl.utils.run import task_wrapper
-from clamp_pl.visualization import draw_pose, save_rgb
+from clamp_pl.video import is_video, run_video_prediction
+from clamp_pl.visualization import draw_instances, save_rgb
 
 log = logging.getLogger("clamp_pl")
 
@@ -177,17 +178,6 @@ def match_detections(
     return jobs, unmatched
 
 
-def _draw(image: np.ndarray, instances: Sequence[dict[str, Any]], skeleton, threshold: float) -> np.ndarray:
-    out = image
-    thick = max(1, round(max(image.shape[:2]) / 400))
-    for inst in instances:
-        x, y, w, h = (int(round(v)) for v in inst["bbox"])
-        out = np.ascontiguousarray(out)
-        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 255, 255), thick, cv2.LINE_AA)
-        out = draw_pose(out, inst["keypoints"], inst["scores"], skeleton, threshold=threshold)
-    return out
-
-
 def run_prediction(
     est: PoseEstimator,
     jobs: Sequence[ImageJob],
@@ -222,19 +212,11 @@ def run_prediction(
                                 flip_test=flip_test, batch_size=batch_size) if loaded else []
             for (job, img), instances in zip(loaded, preds):
                 done += 1
-                for inst in instances:
-                    kpts = np.concatenate([inst["keypoints"], inst["scores"][:, None]], axis=1)
-                    results.append({
-                        "file_name": job.file_name,
-                        "image_id": job.image_id,
-                        "category_id": inst["category_id"] if inst["category_id"] is not None else category_id,
-                        "keypoints": [round(float(v), 3) for v in kpts.ravel()],
-                        "score": float(inst["score"]),
-                        "bbox": [round(v, 2) for v in inst["bbox"]],
-                    })
+                results += [coco_result(inst, job.image_id, category_id, file_name=job.file_name)
+                            for inst in instances]
                 if visualize:
                     name = Path(job.file_name).with_suffix(".jpg").as_posix().replace("/", "__")
-                    save_rgb(vis_dir / name, _draw(img, instances, est.meta["skeleton"], score_threshold))
+                    save_rgb(vis_dir / name, draw_instances(img, instances, est.meta["skeleton"], score_threshold))
             bar.update(len(jobs[start:start + batch_size]))
     pred_path = write_results(output_dir / "predictions.json", results)
     if errors:
@@ -247,6 +229,8 @@ def run_prediction(
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """The ``clamp_pl.predict`` command (see the module docstring). Raises :class:`AllImagesFailed` when no
     image could be read."""
+    if is_video(cfg.input):
+        return _predict_video(cfg)
     root, files = list_images(cfg.input)
     if cfg.get("boxes"):
         dets, id_to_name = load_detections(cfg.boxes, cfg.get("image_list"), float(cfg.box_threshold))
@@ -272,6 +256,24 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                     ", ".join(e["file"] for e in summary["errors"][:5]), out / "errors.json")
         if summary["failed"] == summary["images"]:
             raise AllImagesFailed(f"all {summary['images']} images failed to load (see {out / 'errors.json'})")
+    return summary
+
+
+def _predict_video(cfg: DictConfig) -> dict[str, Any]:
+    dets = None
+    if cfg.get("boxes"):
+        dets, _ = load_detections(cfg.boxes, None, float(cfg.box_threshold))
+    est = load_model(cfg.ckpt_path, device=cfg.get("device"), normalization=cfg.get("normalization"))
+    out = Path(cfg.output_dir)
+    summary = run_video_prediction(
+        est, cfg.input, out, detections=dets, frame_step=int(cfg.get("frame_step", 1)),
+        max_frames=cfg.get("max_frames"), score_threshold=float(cfg.score_threshold),
+        flip_test=bool(cfg.flip_test), batch_size=int(cfg.batch_size), category_id=int(cfg.category_id),
+        visualize=bool(cfg.visualize),
+    )
+    log.info("%s: %d frames predicted (%d instances); %s, %s%s", cfg.input, summary["frames"],
+             summary["instances"], summary["predictions"], summary["csv"],
+             f", {summary['video']}" if summary["video"] else "")
     return summary
 
 

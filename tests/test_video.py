@@ -1,0 +1,90 @@
+"""``clamp_pl.predict`` on a video file: frame order and stepping, the per-frame CSV and COCO results agree with
+the image API on the same decoded frames, the annotated video, per-frame boxes, and unreadable files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_predict import tiny_run  # noqa: F401  (session fixture: the tiny training run)
+
+from clamp_pl.api import load_model
+from clamp_pl.predict import predict
+from clamp_pl.video import VideoReadError, iter_frames, run_video_prediction
+
+N_FRAMES = 7
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory, data_dir, tiny_run) -> Path:  # noqa: F811
+    """An MJPG .avi (OpenCV writes it without FFmpeg) of toy test images moving 3 px per frame."""
+    img_file = next(p for p in sorted((data_dir / "toy_ap10k").rglob("*.jpg")))
+    img = cv2.imread(str(img_file))
+    h, w = img.shape[:2]
+    path = tmp_path_factory.mktemp("video") / "walk.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (w, h))
+    assert writer.isOpened()
+    for i in range(N_FRAMES):
+        writer.write(np.roll(img, 3 * i, axis=1))
+    writer.release()
+    return path
+
+
+def test_iter_frames_order_step_and_limit(video):
+    assert [i for i, _ in iter_frames(video)] == list(range(N_FRAMES))
+    assert [i for i, _ in iter_frames(video, frame_step=3)] == [0, 3, 6]
+    assert [i for i, _ in iter_frames(video, frame_step=2, max_frames=2)] == [0, 2]
+    _, frame = next(iter_frames(video))
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+
+
+def test_cli_video_outputs_match_the_image_api(make_cfg, tiny_run, video, tmp_path):  # noqa: F811
+    out = tmp_path / "pred"
+    cfg = make_cfg(f"ckpt_path={tiny_run}", f"input={video}", f"output_dir={out}", "frame_step=2",
+                   "batch_size=3", "device=cpu", config_name="predict", fast=False)
+    summary = predict(cfg)
+    assert summary["frames"] == 4 and summary["instances"] == 4  # frames 0, 2, 4, 6; one whole-frame box each
+    preds = json.loads((out / "predictions.json").read_text())
+    assert [p["frame"] for p in preds] == [0, 2, 4, 6] and [p["image_id"] for p in preds] == [0, 2, 4, 6]
+    assert abs(preds[1]["time_s"] - 0.2) < 1e-6  # 10 fps
+    # the same decoded frames through the image API give the same keypoints
+    est = load_model(tiny_run, device="cpu")
+    frames = [f for _, f in iter_frames(video, frame_step=2)]
+    direct = est.predict(frames, flip_test=True)
+    for p, d in zip(preds, direct):
+        kp = np.array(p["keypoints"]).reshape(-1, 3)
+        np.testing.assert_allclose(kp[:, :2], d[0]["keypoints"], atol=2e-3)
+    with open(out / "walk_keypoints.csv") as fh:
+        rows = list(csv.reader(fh))
+    k = len(est.meta["prompts"])
+    assert len(rows[0]) == 8 + 3 * k and rows[0][8].endswith("_x") and len(rows) == 1 + 4
+    assert [int(r[0]) for r in rows[1:]] == [0, 2, 4, 6]
+    np.testing.assert_allclose([float(v) for v in rows[1][8:]], preds[0]["keypoints"], atol=2e-3)
+    drawn = cv2.VideoCapture(str(out / "walk_pose.mp4"))
+    assert drawn.isOpened() and int(drawn.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
+    drawn.release()
+
+
+def test_video_with_per_frame_boxes(tiny_run, video, tmp_path):  # noqa: F811
+    est = load_model(tiny_run, device="cpu")
+    dets = [{"image_id": 1, "bbox": [10, 10, 80, 60], "score": 0.9},
+            {"image_id": 1, "bbox": [40, 30, 60, 60], "score": 0.8},
+            {"image_id": 4, "bbox": [5, 5, 50, 50], "score": 0.7}]
+    summary = run_video_prediction(est, video, tmp_path, detections=dets, visualize=False)
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert summary["frames"] == N_FRAMES and summary["video"] is None
+    assert [p["frame"] for p in preds] == [1, 1, 4]  # frames without a detection: no prediction
+    assert preds[0]["bbox"] == [10, 10, 80, 60]
+
+
+def test_unreadable_video_names_the_file(tiny_run, tmp_path):  # noqa: F811
+    fake = tmp_path / "broken.mp4"
+    fake.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(VideoReadError, match="broken.mp4"):
+        list(iter_frames(fake))
+    with pytest.raises(ValueError, match="frame_step"):
+        list(iter_frames(fake, frame_step=0))
