@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install.stamp
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
-# OpenMP threads sleep instead of spinning when idle: on a shared 2-core machine spinning made small torch ops
-# 10-20x slower (docs/benchmarks.md)
-export OMP_WAIT_POLICY ?= PASSIVE
+# OpenMP threads spin only briefly (1000 turns) before sleeping: libgomp's default long spin made small torch ops
+# 10-20x slower on a shared 2-core machine, while sleeping at once (OMP_WAIT_POLICY=PASSIVE) made the tiny model's
+# step 2x slower on an idle one (the demo's mouse job: 88 s passive, 65 s with this; scripts/benchmark.py)
+export GOMP_SPINCOUNT ?= 1000
 # glibc malloc keeps freed memory instead of returning it to the kernel after every step: CPU training steps stop
 # page-faulting their activations back in (CLAMP RN50 step 4.2-5.6 s -> 3.8 s; scripts/benchmark.py)
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432

@@ -33,10 +33,12 @@ is read from ``/proc/self/status``. This isolates each case inside one process (
 and a subprocess per case would count the model build). Train steps are measured after the warm-up step, so the
 figure is activations + gradients + temporaries, not the optimiser state. "-" where the kernel does not allow it.
 
-Threads. ``OMP_WAIT_POLICY`` is PASSIVE unless set (the script re-executes itself to set it before torch loads
-libgomp). With libgomp's default active spin-waiting, a machine shared with other processes turns every parallel
-region into a scheduler time slice (~8 ms each on a 2-core VM at load 4: the ViT-B/16 text tower fwd+bwd took
-5 s instead of 0.25 s); passive waiting costs little on an idle machine. The data case runs single-threaded.
+Threads. ``GOMP_SPINCOUNT`` is 1000 unless it or ``OMP_WAIT_POLICY`` is set (the script re-executes itself to
+set it before torch loads libgomp): idle OpenMP threads spin for 1000 turns, then sleep. With libgomp's default
+spin (300,000 turns), a machine shared with other processes turns every parallel region into a scheduler time
+slice (~8 ms each on a 2-core VM at load 4: the ViT-B/16 text tower fwd+bwd took 5 s instead of 0.25 s); with
+no spin at all (``OMP_WAIT_POLICY=PASSIVE``) every small op pays a thread wake-up (the clamp-tiny-rn step
+155 ms instead of 70-75 ms on an idle machine). The data case runs single-threaded.
 
 Memory allocator. CPU tensors come from glibc malloc, which by default hands large freed blocks back to the
 kernel, so every training step page-faults its activations in again: 160k-390k minor faults (0.6-1.5 GB
@@ -830,7 +832,8 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu,
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(libgomp default)"),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "(libgomp default)"),
         "malloc_env": {k: os.environ.get(k, "(glibc default)") for k in GLIBC_MALLOC_ENV},
         "torch": torch.__version__,
         "numpy": np.__version__,
@@ -859,7 +862,8 @@ def to_markdown(rows: list[Row], info: dict[str, Any], settings: dict[str, Any])
         f"`{settings['command']}` on {info['date']}, commit `{info['commit'] or '?'}`.",
         "",
         f"**Machine:** {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']} "
-        f"({info['torch_threads']} threads, OMP_WAIT_POLICY={info['omp_wait_policy']}, glibc malloc "
+        f"({info['torch_threads']} threads, OMP_WAIT_POLICY {info['omp_wait_policy']}, GOMP_SPINCOUNT "
+        f"{info['gomp_spincount']}, glibc malloc "
         f"{' '.join(f'{k}={v}' for k, v in info['malloc_env'].items())}), numpy {info['numpy']}, "
         f"OpenCV {info['opencv']}, Python "
         f"{info['python']}; load average {info['load_avg_start']:.1f} at start, {info['load_avg_end']:.1f} at end.",
@@ -967,7 +971,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    wanted = {"OMP_WAIT_POLICY": "PASSIVE", **GLIBC_MALLOC_ENV}
+    wanted = dict(GLIBC_MALLOC_ENV)
+    if "OMP_WAIT_POLICY" not in os.environ:
+        wanted["GOMP_SPINCOUNT"] = "1000"
     if argv is None and any(k not in os.environ for k in wanted):
         # libgomp and glibc read them at start-up, hence the re-exec (see the module docstring)
         os.execve(sys.executable, [sys.executable, *sys.argv], {**wanted, **os.environ})
