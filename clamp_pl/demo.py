@@ -4,7 +4,8 @@
    shipped with the package, tested on a held-out contiguous block of 16 frames.
 2. ``experiment=fewshot_toy``: the toy AP-10K few-shot protocol (10 instances per toy species).
 
-Prints the test metrics (OKS AP, PCK) and the paths of the pictures of test predictions. Extra Hydra overrides
+Prints the test metrics (OKS AP, PCK) and the paths of the pictures of test predictions and of the test
+instances with the lowest OKS. Extra Hydra overrides
 apply to both jobs, e.g. ``python -m clamp_pl.demo trainer.max_epochs=5``.
 """
 
@@ -41,6 +42,7 @@ def run_demo(overrides: list[str] | None = None, out_root: Path | None = None) -
             "metrics": {k: v for k, v in metrics.items() if k.startswith("test/") and "/AP_" not in k
                         and "swap/" not in k},
             "picture": str(run_dir / "vis" / "test_predictions.png"),
+            "bad_cases": str(run_dir / "vis" / "test_worst_predictions.png"),
         }
     (out_root / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -54,6 +56,7 @@ def print_summary(summary: dict[str, dict]) -> None:
                           ("test/AP", "test/AP50", "test/PCK@0.05", "test/PCK@0.1", "test/PCK@0.2") if k in m)
         print(f"{name:12s} {s['seconds']:6.1f} s   {shown}")
         print(f"{'':12s} picture: {s['picture']}")
+        print(f"{'':12s} lowest-OKS test instances: {s['bad_cases']}")
     print("=" * 72)
 
 
