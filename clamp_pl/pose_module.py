@@ -88,6 +88,8 @@ class PoseLitModule(pl.LightningModule):
             )
         self.criterion = CLAMPLoss(**(loss or {}))
         self.image_size = int(net["image_size"])
+        # Lightning's model summary runs it once: layer in/out sizes and FLOPs (with the text tower's, once)
+        self.example_input_array = torch.zeros(1, 3, self.image_size, self.image_size)
         self.test_cfg = {"flip_test": True, "shift_heatmap": True, "decode": "default", **(test_cfg or {})}
         self.codec = MSRAHeatmap(
             input_size=(self.image_size, self.image_size),

@@ -38,5 +38,15 @@ def test_flops_per_crop_by_hand_for_the_head_and_state_untouched():
     assert p["params/total"] == p["params/trainable"] + p["params/frozen"] and p["params/frozen"] > 0
 
 
+def test_lightning_summary_sees_the_flops_too():
+    """The example input makes Lightning's model summary count FLOPs (it was 0): our per-crop figure plus the
+    text tower, which its first eval forward runs once."""
+    from pytorch_lightning.utilities.model_summary import ModelSummary
+
+    model = _module(True)
+    total = ModelSummary(model, max_depth=1).total_flops
+    assert total > count_flops(model)["flops/gflops_per_crop"] * 1e9 > 0
+
+
 def test_flops_of_something_else_is_empty():
     assert count_flops(torch.nn.Linear(2, 2)) == {}
