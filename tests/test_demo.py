@@ -8,8 +8,8 @@ from pathlib import Path
 
 from clamp_pl.demo import JOBS, print_summary, run_demo
 
-SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "data.num_workers=0", "data.persistent_workers=false",
+SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+         "+trainer.limit_test_batches=1", "data.num_workers=0", "data.persistent_workers=false",
          "trainer.enable_progress_bar=false", "callbacks.rich_progress_bar=null"]
 
 
