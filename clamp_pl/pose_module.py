@@ -107,6 +107,8 @@ class PoseLitModule(pl.LightningModule):
         self.metrics: dict[str, CocoKeypointAP] = {}
         # split -> {ann_id: OKS} of the last evaluation (the bad-case gallery reads it)
         self.instance_oks: dict[str, dict[int, float]] = {}
+        # split -> (K, K) counts: predicted keypoint x nearest labelled keypoint (CocoKeypointAP.keypoint_confusion)
+        self.keypoint_confusion: dict[str, np.ndarray | None] = {}
 
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -267,12 +269,19 @@ class PoseLitModule(pl.LightningModule):
             out.mkdir(parents=True, exist_ok=True)
             write_results(out / "test_predictions.json", metric.coco_results())
             (out / "test_metrics.json").write_text(json.dumps(values, indent=1))
+            confusion = metric.keypoint_confusion()
+            if confusion is not None:
+                (out / "test_keypoint_confusion.json").write_text(json.dumps({
+                    "keypoints": list(self.hparams.keypoint_names or self.hparams.prompts),
+                    "rows": "predicted keypoint", "columns": "labelled keypoint nearest to the prediction",
+                    "counts": confusion.tolist()}, indent=1))
             rows = [[k.split("/", 1)[1], float(v)] for k, v in values.items() if k.startswith("AP_species/")]
             for lg in self.trainer.loggers:
                 if rows and hasattr(lg, "log_table"):  # W&B
                     lg.log_table(key="test/AP_species", columns=["species", "AP"], data=rows)
         self.last_metrics = {f"{split}/{k}": v for k, v in values.items()}
         self.instance_oks[split] = metric.instance_oks()
+        self.keypoint_confusion[split] = metric.keypoint_confusion()
         metric.reset()
         return values
 

@@ -92,6 +92,30 @@ def score_map_grid(maps: np.ndarray, labels: Sequence[str] = (), tile: int = 64,
     return canvas
 
 
+def confusion_image(counts: np.ndarray, labels: Sequence[str] = (), cell: int = 22) -> np.ndarray:
+    """A (K, K) count matrix as an RGB heat-map, each row normalised to its total (rows: predicted keypoint,
+    columns: where it landed); row labels ``i name`` on the left, column indices on top, percentages in cells."""
+    counts = np.asarray(counts, dtype=np.float64)
+    k = len(counts)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    left, top = 130, 18
+    canvas = np.full((top + k * cell, left + k * cell, 3), 255, np.uint8)
+    colours = cv2.applyColorMap((share * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.3
+    for i in range(k):
+        name = f"{i} {labels[i]}" if i < len(labels) else str(i)
+        cv2.putText(canvas, name[:22], (2, top + i * cell + cell // 2 + 4), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, str(i), (left + i * cell + 5, top - 5), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        for j in range(k):
+            y, x = top + i * cell, left + j * cell
+            canvas[y: y + cell - 1, x: x + cell - 1] = colours[i, j]
+            if counts[i, j]:
+                txt = (255, 255, 255) if share[i, j] < 0.6 else (0, 0, 0)
+                cv2.putText(canvas, f"{round(100 * share[i, j])}", (x + 2, y + cell // 2 + 4), font, 0.28, txt, 1,
+                            cv2.LINE_AA)
+    return canvas
+
+
 def mosaic(images: Sequence[np.ndarray], cols: int = 4, pad: int = 2) -> np.ndarray:
     """Equal-size RGB images in a grid."""
     if not images:

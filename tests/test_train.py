@@ -49,6 +49,12 @@ def test_run_dir_contract(short_run):
     assert len(preds[0]["keypoints"]) == 17 * 3
     assert (short_run / "vis" / "test_predictions.png").is_file()  # the picture of test predictions
     assert (short_run / "vis" / "test_score_maps.png").is_file()
+    assert (short_run / "vis" / "test_keypoint_confusion.png").is_file()
+    conf = json.loads((short_run / "predictions" / "test_keypoint_confusion.json").read_text())
+    assert len(conf["keypoints"]) == 17 and len(conf["counts"]) == 17 and len(conf["counts"][0]) == 17
+    counts = [c for row in conf["counts"] for c in row]
+    n_diag = sum(conf["counts"][i][i] for i in range(17))
+    assert results["test/nearest_correct"] == pytest.approx(n_diag / sum(counts))
     split = json.loads((short_run / "split.json").read_text())
     assert split["protocol"]["name"] == "supervised"
 

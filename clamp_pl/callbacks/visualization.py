@@ -14,7 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from clamp_pl.visualization import denormalize, draw_pose, mosaic, save_rgb, score_map_grid
+from clamp_pl.visualization import confusion_image, denormalize, draw_pose, mosaic, save_rgb, score_map_grid
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,15 @@ class KeypointVisCallback(pl.Callback):
         self._emit(trainer, self.render(trainer, pl_module, "test"), "test")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The bad-case gallery: the ``num_worst`` test instances with the lowest OKS (the metric's own)."""
-        if not trainer.is_global_zero or self.num_worst <= 0:
+        """The keypoint confusion matrix and the bad-case gallery: the ``num_worst`` test instances with the
+        lowest OKS (the metric's own)."""
+        if not trainer.is_global_zero:
+            return
+        confusion = getattr(pl_module, "keypoint_confusion", {}).get("test")
+        if confusion is not None:
+            names = list(pl_module.hparams.get("keypoint_names") or pl_module.hparams.get("prompts") or [])
+            self._emit(trainer, {"keypoint_confusion": confusion_image(confusion, names)}, "test")
+        if self.num_worst <= 0:
             return
         oks = getattr(pl_module, "instance_oks", {}).get("test") or {}
         ds = self._dataset(trainer, "test")

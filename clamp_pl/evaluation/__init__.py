@@ -15,7 +15,7 @@ from clamp_pl.evaluation.coco_eval import (
     write_results,
 )
 from clamp_pl.evaluation.metric import CocoKeypointAP
-from clamp_pl.evaluation.pck import pck, swap_rate
+from clamp_pl.evaluation.pck import keypoint_confusion, pck, swap_rate
 
 __all__ = [
     "STAT_NAMES",
@@ -25,6 +25,7 @@ __all__ = [
     "coco_keypoint_eval",
     "evaluate_keypoints",
     "instance_oks",
+    "keypoint_confusion",
     "load_gt",
     "oks_iou",
     "oks_nms",

@@ -17,7 +17,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from clamp_pl.evaluation.coco_eval import coco_keypoint_eval, instance_oks, load_gt, oks_nms, rescore
-from clamp_pl.evaluation.pck import pck, swap_rate
+from clamp_pl.evaluation.pck import keypoint_confusion, pck, swap_rate
 
 PCK_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
 
@@ -36,8 +36,10 @@ class CocoKeypointAP(Metric):
         use_area: OKS normalised by the GT area (mmpose default).
 
     ``compute()`` returns python floats: ``AP, AP50, AP75, APM, APL, AR, AR50, AR75, ARM, ARL`` (-1 where
-    undefined, as xtcocotools), ``PCK@0.05``, ``PCK@0.1`` (over predictions whose ``ann_id`` is a ground-truth
-    annotation, before NMS, normalised by max(w, h) of its box), and the optional keys above.
+    undefined, as xtcocotools), ``PCK@0.05``, ``PCK@0.1``, ``PCK@0.2`` (over predictions whose ``ann_id`` is a
+    ground-truth annotation, before NMS, normalised by max(w, h) of its box), ``nearest_correct`` (fraction of
+    labelled keypoints whose prediction is nearer to that keypoint than to any other labelled one of the
+    instance: the diagonal of :meth:`keypoint_confusion`), and the optional keys above.
 
     Call ``update()`` per batch and ``compute()`` once per epoch; ``forward()`` only updates, since an OKS AP of
     a single batch means little and costs a COCOeval run.
@@ -71,6 +73,7 @@ class CocoKeypointAP(Metric):
         self.use_area = use_area
         self._results: list[dict] | None = None
         self._instance_oks: dict[int, float] = {}
+        self._confusion: np.ndarray | None = None
 
         for name in ("ann_ids", "image_ids", "category_ids", "keypoints", "scores", "box_scores", "areas"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -164,6 +167,7 @@ class CocoKeypointAP(Metric):
 
     def _keypoint_metrics(self, s: Mapping[str, np.ndarray]) -> dict[str, float]:
         self._instance_oks = {}
+        self._confusion = None
         in_gt = np.array([int(a) in self.coco_gt.anns for a in s["ann_ids"]], dtype=bool)
         if not in_gt.any():
             return {}
@@ -174,7 +178,10 @@ class CocoKeypointAP(Metric):
         areas = np.array([a.get("area") or a["bbox"][2] * a["bbox"][3] for a in anns], dtype=np.float64)
         oks = instance_oks(pred, gt, areas, self.sigmas)
         self._instance_oks = {int(a): float(o) for a, o in zip(s["ann_ids"][in_gt], oks) if np.isfinite(o)}
+        self._confusion = keypoint_confusion(pred, gt[..., :2], visible)
         out = {}
+        if self._confusion.sum():
+            out["nearest_correct"] = float(np.trace(self._confusion) / self._confusion.sum())
         for thr in PCK_THRESHOLDS:
             value = pck(pred, gt[..., :2], visible, norm, thr)
             if not np.isnan(value):
@@ -214,7 +221,13 @@ class CocoKeypointAP(Metric):
         The bad-case gallery (``KeypointVisCallback``) shows the lowest."""
         return dict(self._instance_oks)
 
+    def keypoint_confusion(self) -> np.ndarray | None:
+        """(K, K) counts from the last ``compute()``: row = predicted keypoint, column = the labelled keypoint it
+        landed nearest to (see :func:`clamp_pl.evaluation.pck.keypoint_confusion`); None before any."""
+        return None if self._confusion is None else self._confusion.copy()
+
     def reset(self) -> None:
         super().reset()
         self._results = None
         self._instance_oks = {}
+        self._confusion = None

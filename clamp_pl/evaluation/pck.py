@@ -1,4 +1,5 @@
-"""Per-keypoint accuracy measures that complement OKS AP: PCK and left/right swap rate.
+"""Per-keypoint accuracy measures that complement OKS AP: PCK, left/right swap rate and the keypoint confusion
+matrix.
 
 All coordinates are (x, y) image pixels; ``visible`` marks labelled ground-truth keypoints (COCO v > 0).
 """
@@ -71,3 +72,29 @@ def swap_rate(
     if out:
         out["mean"] = float(np.mean(list(out.values())))
     return out
+
+
+def keypoint_confusion(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Which true keypoint each prediction lands nearest to: a (K, K) count matrix.
+
+    For every instance and every labelled keypoint k, the prediction for k is assigned to the nearest labelled
+    ground-truth keypoint j of the same instance; ``counts[k, j] += 1``. The diagonal counts predictions nearest
+    to their own keypoint; off-diagonal mass shows confusions beyond the left/right pairs of :func:`swap_rate`
+    (a paw predicted on the other paw of the same side, a tail root on a hip...). Rows of keypoints never
+    labelled are zero.
+
+    Args:
+        pred, gt: (N, K, 2); visible: (N, K) labelled mask.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    vis = np.asarray(visible) > 0
+    k = pred.shape[1]
+    counts = np.zeros((k, k), dtype=np.int64)
+    # distances [N, K_pred, K_gt]; unlabelled ground truth can never be the nearest
+    d = np.linalg.norm(pred[:, :, None] - gt[:, None], axis=-1)
+    d = np.where(vis[:, None, :], d, np.inf)
+    nearest = d.argmin(-1)
+    n_idx, k_idx = np.nonzero(vis)
+    np.add.at(counts, (k_idx, nearest[n_idx, k_idx]), 1)
+    return counts

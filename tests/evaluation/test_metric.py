@@ -112,6 +112,10 @@ def test_perfect_predictions():
     ):
         assert out[key] == pytest.approx(1.0), key
     assert out["swap/1-2"] == 0.0 and out["swap/3-4"] == 0.0 and out["swap/mean"] == 0.0
+    assert out["nearest_correct"] == 1.0
+    conf = metric.keypoint_confusion()
+    n_labelled = sum(int(v > 0) for a in gt["annotations"] for v in a["keypoints"][2::3])
+    assert conf.shape == (K, K) and np.trace(conf) == conf.sum() == n_labelled
     assert "AP_family/Ursidae" not in out
     results = metric.coco_results()
     assert len(results) == len(gt["annotations"])
@@ -132,7 +136,7 @@ def test_instance_oks_per_ground_truth_instance():
     assert all(v == pytest.approx(1.0) for a, v in oks.items() if cat[a] == 1)
     assert all(0.0 < v < 1.0 for a, v in oks.items() if cat[a] != 1)
     metric.reset()
-    assert metric.instance_oks() == {}
+    assert metric.instance_oks() == {} and metric.keypoint_confusion() is None
 
 
 def test_matches_functional_pipeline():

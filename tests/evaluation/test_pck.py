@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from clamp_pl.evaluation import pck, swap_rate
+from clamp_pl.evaluation import keypoint_confusion, pck, swap_rate
 
 
 def test_pck_known_distances():
@@ -53,3 +53,20 @@ def test_swap_rate_skips_unlabelled_pairs():
     out = swap_rate(gt.copy(), gt, visible, [(0, 1), (2, 3)])
     assert out == {"0-1": 0.0, "mean": 0.0}
     assert swap_rate(gt, gt, np.zeros((2, 4)), [(0, 1)]) == {}
+
+
+def test_keypoint_confusion_hand_built():
+    """3 keypoints on a line; instance 0 exact, instance 1 with keypoints 1 and 2 swapped, instance 2 with
+    keypoint 2 unlabelled and its prediction sitting on keypoint 0."""
+    gt = np.array([[[0, 0], [10, 0], [20, 0]]] * 3, dtype=float)
+    pred = gt.copy()
+    pred[1, 1], pred[1, 2] = gt[1, 2] + 1, gt[1, 1] - 1
+    pred[2, 2] = gt[2, 0]
+    pred[2, 1] = gt[2, 2]  # nearest to keypoint 2, which is unlabelled in instance 2: then keypoint 1 (dist 10)
+    visible = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0]])
+    counts = keypoint_confusion(pred, gt, visible)
+    expected = np.array([[3, 0, 0],
+                         [0, 2, 1],
+                         [0, 1, 1]])
+    np.testing.assert_array_equal(counts, expected)
+    assert counts.sum() == visible.sum()  # one assignment per labelled keypoint; the unlabelled one not counted
