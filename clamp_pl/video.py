@@ -117,7 +117,7 @@ def run_video_prediction(
 ) -> dict[str, Any]:
     """Predict the frames of ``video``; write ``predictions.json``, ``<stem>_keypoints.csv`` and
     ``<stem>_pose.mp4`` (see the module docstring). ``detections``: COCO detections, ``image_id`` = frame index;
-    None = whole-frame boxes. Returns ``{"frames", "instances", "predictions", "csv", "video"}``."""
+    None = whole-frame boxes. Returns ``{"frames", "instances", "predictions", "csv", "video", "fps"}``."""
     video = Path(str(video)).expanduser()
     info = video_info(video)
     fps = info["fps"] if info["fps"] > 0 else 25.0
@@ -133,7 +133,7 @@ def run_video_prediction(
     writer: cv2.VideoWriter | None = None
     results: list[dict[str, Any]] = []
     frames = 0
-    total = info["frames"] // frame_step if info["frames"] > 0 else None
+    total = -(-info["frames"] // frame_step) if info["frames"] > 0 else None  # frames 0, step, 2 step, ...
     if max_frames is not None and total is not None:
         total = min(total, max_frames)
 
@@ -154,7 +154,7 @@ def run_video_prediction(
                     writer = cv2.VideoWriter(str(vis_path), cv2.VideoWriter_fourcc(*"mp4v"), fps / frame_step,
                                              (w, h))
                     if not writer.isOpened():
-                        raise VideoReadError(f"{vis_path}: OpenCV cannot write mp4v video here")
+                        raise RuntimeError(f"{vis_path}: OpenCV cannot write mp4v video here (visualize=false skips it)")
                 drawn = draw_instances(frame, instances, est.meta["skeleton"], score_threshold)
                 writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
