@@ -1,6 +1,6 @@
 """``KeypointVisCallback``: a fixed set of validation crops with predicted (coloured) and true (white)
-skeletons, and the K score maps of the first crop, every N epochs; after testing, the test instances with the
-lowest OKS (bad cases) — as PNGs in ``<run dir>/vis/`` and as images in every logger that takes them (W&B,
+skeletons, and the K score maps of the first crop, every N epochs; after testing, the keypoint confusion matrix
+and the test instances with the lowest OKS (bad cases) — as PNGs in ``<run dir>/vis/`` and as images in every logger that takes them (W&B,
 TensorBoard). """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ class KeypointVisCallback(pl.Callback):
 
     @torch.no_grad()
     def render(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str = "val",
-               indices=None, captions=None) -> dict[str, np.ndarray]:
+               indices=None, captions=None, score_maps: bool = True) -> dict[str, np.ndarray]:
         """Pictures of the crops ``indices`` of the split (default: the fixed evenly spaced ones):
-        ``{"predictions": mosaic, "score_maps": mosaic}`` (RGB uint8); ``captions``: one line per crop."""
+        ``{"predictions": mosaic, "score_maps": mosaic}`` (RGB uint8; score maps of the first crop, unless
+        ``score_maps`` is false); ``captions``: one line per crop."""
         batch = self._batch(trainer, split, indices)
         if batch is None:
             return {}
@@ -63,7 +64,7 @@ class KeypointVisCallback(pl.Callback):
         images = batch["image"].to(pl_module.device)
         heatmaps = pl_module.predict_heatmaps(images)
         # the score maps of the first crop only: one extra single-image pass, not a second batch forward
-        score_maps = pl_module(images[:1]).get("score_maps")
+        maps = pl_module(images[:1]).get("score_maps") if score_maps else None
         if was_training:
             pl_module.train()
         codec = pl_module.codec
@@ -80,8 +81,8 @@ class KeypointVisCallback(pl.Callback):
                 cv2.putText(img, captions[i], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 0), 1, cv2.LINE_AA)
             tiles.append(img)
         pictures = {"predictions": mosaic(tiles)}
-        if score_maps is not None:
-            pictures["score_maps"] = score_map_grid(score_maps[0].float().cpu().numpy(),
+        if maps is not None:
+            pictures["score_maps"] = score_map_grid(maps[0].float().cpu().numpy(),
                                                     pl_module.hparams.prompts)
         return pictures
 
@@ -134,8 +135,7 @@ class KeypointVisCallback(pl.Callback):
                   "species": species.get(ds.instances[index[a]].category_id, ""), "oks": round(float(v), 4)}
                  for v, a in worst]
         pictures = self.render(trainer, pl_module, "test", indices=[index[c["ann_id"]] for c in cases],
-                               captions=[f"OKS {c['oks']:.2f} ann {c['ann_id']}" for c in cases])
-        pictures.pop("score_maps", None)
+                               captions=[f"OKS {c['oks']:.2f} ann {c['ann_id']}" for c in cases], score_maps=False)
         self._emit(trainer, pictures, "test_worst")
         out = Path(trainer.default_root_dir) / "vis" / "test_worst.json"
         out.write_text(json.dumps(cases, indent=1))
