@@ -21,6 +21,7 @@ from torch import Tensor
 from clamp_pl.codecs import MSRAHeatmap
 from clamp_pl.data.transforms import input_to_image_coords
 from clamp_pl.evaluation import CocoKeypointAP, write_results
+from clamp_pl.evaluation.metric import KEYPOINT_PCK_THR
 from clamp_pl.models import CLAMP, CLAMPLoss
 from clamp_pl.models.clamp import no_weight_decay
 
@@ -109,6 +110,8 @@ class PoseLitModule(pl.LightningModule):
         self.instance_oks: dict[str, dict[int, float]] = {}
         # split -> (K, K) counts: predicted keypoint x nearest labelled keypoint (CocoKeypointAP.keypoint_confusion)
         self.keypoint_confusion: dict[str, np.ndarray | None] = {}
+        # split -> {"all" | species: (K,) PCK@0.1 per keypoint} (CocoKeypointAP.keypoint_pck)
+        self.keypoint_pck: dict[str, dict[str, np.ndarray]] = {}
 
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -269,10 +272,17 @@ class PoseLitModule(pl.LightningModule):
             out.mkdir(parents=True, exist_ok=True)
             write_results(out / "test_predictions.json", metric.coco_results())
             (out / "test_metrics.json").write_text(json.dumps(values, indent=1))
+            names = list(self.hparams.keypoint_names or self.hparams.prompts)
+            table = metric.keypoint_pck()
+            if table:
+                (out / "test_keypoint_pck.json").write_text(json.dumps({
+                    "threshold": KEYPOINT_PCK_THR, "keypoints": names,
+                    "pck": {k: [None if np.isnan(v) else float(v) for v in row] for k, row in table.items()}},
+                    indent=1))
             confusion = metric.keypoint_confusion()
             if confusion is not None:
                 (out / "test_keypoint_confusion.json").write_text(json.dumps({
-                    "keypoints": list(self.hparams.keypoint_names or self.hparams.prompts),
+                    "keypoints": names,
                     "rows": "predicted keypoint", "columns": "labelled keypoint nearest to the prediction",
                     "counts": confusion.tolist()}, indent=1))
             rows = [[k.split("/", 1)[1], float(v)] for k, v in values.items() if k.startswith("AP_species/")]
@@ -282,6 +292,7 @@ class PoseLitModule(pl.LightningModule):
         self.last_metrics = {f"{split}/{k}": v for k, v in values.items()}
         self.instance_oks[split] = metric.instance_oks()
         self.keypoint_confusion[split] = metric.keypoint_confusion()
+        self.keypoint_pck[split] = metric.keypoint_pck()
         metric.reset()
         return values
 

@@ -92,28 +92,51 @@ def score_map_grid(maps: np.ndarray, labels: Sequence[str] = (), tile: int = 64,
     return canvas
 
 
-def confusion_image(counts: np.ndarray, labels: Sequence[str] = (), cell: int = 22) -> np.ndarray:
-    """A (K, K) count matrix as an RGB heat-map, each row normalised to its total (rows: predicted keypoint,
-    columns: where it landed); row labels ``i name`` on the left, column indices on top, percentages in cells."""
-    counts = np.asarray(counts, dtype=np.float64)
-    k = len(counts)
-    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+def grid_image(
+    values: np.ndarray, row_labels: Sequence[str], cell_text: Sequence[Sequence[str]] | None = None, cell: int = 22
+) -> np.ndarray:
+    """A (R, C) table of values in [0, 1] as an RGB heat-map (NaN: grey): row labels on the left, column indices
+    on top, ``cell_text`` written into the cells."""
+    values = np.asarray(values, dtype=np.float64)
+    r, c = values.shape
     left, top = 130, 18
-    canvas = np.full((top + k * cell, left + k * cell, 3), 255, np.uint8)
-    colours = cv2.applyColorMap((share * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)[..., ::-1]
-    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 0.3
-    for i in range(k):
-        name = f"{i} {labels[i]}" if i < len(labels) else str(i)
-        cv2.putText(canvas, name[:22], (2, top + i * cell + cell // 2 + 4), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(canvas, str(i), (left + i * cell + 5, top - 5), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        for j in range(k):
+    canvas = np.full((top + r * cell, left + c * cell, 3), 255, np.uint8)
+    colours = cv2.applyColorMap((np.nan_to_num(np.clip(values, 0, 1)) * 255).astype(np.uint8),
+                                cv2.COLORMAP_VIRIDIS)[..., ::-1]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for j in range(c):
+        cv2.putText(canvas, str(j), (left + j * cell + 5, top - 5), font, 0.3, (0, 0, 0), 1, cv2.LINE_AA)
+    for i in range(r):
+        label = row_labels[i] if i < len(row_labels) else str(i)
+        cv2.putText(canvas, label[:22], (2, top + i * cell + cell // 2 + 4), font, 0.3, (0, 0, 0), 1, cv2.LINE_AA)
+        for j in range(c):
             y, x = top + i * cell, left + j * cell
-            canvas[y: y + cell - 1, x: x + cell - 1] = colours[i, j]
-            if counts[i, j]:
-                txt = (255, 255, 255) if share[i, j] < 0.6 else (0, 0, 0)
-                cv2.putText(canvas, f"{round(100 * share[i, j])}", (x + 2, y + cell // 2 + 4), font, 0.28, txt, 1,
-                            cv2.LINE_AA)
+            nan = np.isnan(values[i, j])
+            canvas[y: y + cell - 1, x: x + cell - 1] = (200, 200, 200) if nan else colours[i, j]
+            text = cell_text[i][j] if cell_text is not None else ""
+            if text and not nan:
+                ink = (255, 255, 255) if values[i, j] < 0.6 else (0, 0, 0)
+                cv2.putText(canvas, text, (x + 2, y + cell // 2 + 4), font, 0.28, ink, 1, cv2.LINE_AA)
     return canvas
+
+
+def confusion_image(counts: np.ndarray, labels: Sequence[str] = ()) -> np.ndarray:
+    """A (K, K) count matrix (rows: predicted keypoint, columns: where it landed), each row as percentages of
+    its total; rows labelled ``i name``."""
+    counts = np.asarray(counts, dtype=np.float64)
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    text = [[f"{round(100 * v)}" if n else "" for v, n in zip(rs, rc)] for rs, rc in zip(share, counts)]
+    rows = [f"{i} {labels[i]}" if i < len(labels) else str(i) for i in range(len(counts))]
+    return grid_image(share, rows, text)
+
+
+def pck_table_image(table: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-keypoint PCK rows (``{"all": (K,), "<species>": (K,)}``, NaN = not labelled) as a heat-map with the
+    percentages; columns are keypoint indices."""
+    names = list(table)
+    values = np.stack([np.asarray(table[n], dtype=np.float64) for n in names])
+    text = [["" if np.isnan(v) else f"{round(100 * v)}" for v in row] for row in values]
+    return grid_image(values, names, text)
 
 
 def mosaic(images: Sequence[np.ndarray], cols: int = 4, pad: int = 2) -> np.ndarray:

@@ -50,6 +50,9 @@ def test_run_dir_contract(short_run):
     assert (short_run / "vis" / "test_predictions.png").is_file()  # the picture of test predictions
     assert (short_run / "vis" / "test_score_maps.png").is_file()
     assert (short_run / "vis" / "test_keypoint_confusion.png").is_file()
+    assert (short_run / "vis" / "test_keypoint_pck.png").is_file()
+    table = json.loads((short_run / "predictions" / "test_keypoint_pck.json").read_text())
+    assert table["threshold"] == 0.1 and len(table["pck"]["all"]) == 17 and len(table["pck"]) > 1  # + species
     conf = json.loads((short_run / "predictions" / "test_keypoint_confusion.json").read_text())
     assert len(conf["keypoints"]) == 17 and len(conf["counts"]) == 17 and len(conf["counts"][0]) == 17
     counts = [c for row in conf["counts"] for c in row]

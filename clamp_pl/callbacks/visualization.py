@@ -1,7 +1,7 @@
 """``KeypointVisCallback``: a fixed set of validation crops with predicted (coloured) and true (white)
-skeletons, and the K score maps of the first crop, every N epochs; after testing, the keypoint confusion matrix
-and the test instances with the lowest OKS (bad cases) — as PNGs in ``<run dir>/vis/`` and as images in every logger that takes them (W&B,
-TensorBoard). """
+skeletons, and the K score maps of the first crop, every N epochs; after testing, the keypoint confusion matrix,
+per-keypoint PCK by species and the test instances with the lowest OKS (bad cases). As PNGs in
+``<run dir>/vis/`` and as images in every logger that takes them (W&B, TensorBoard)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from clamp_pl.visualization import confusion_image, denormalize, draw_pose, mosaic, save_rgb, score_map_grid
+from clamp_pl.visualization import (
+    confusion_image,
+    denormalize,
+    draw_pose,
+    mosaic,
+    pck_table_image,
+    save_rgb,
+    score_map_grid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +122,20 @@ class KeypointVisCallback(pl.Callback):
         self._emit(trainer, self.render(trainer, pl_module, "test"), "test")
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The keypoint confusion matrix and the bad-case gallery: the ``num_worst`` test instances with the
+        """The keypoint confusion matrix, PCK@0.1 per keypoint (all and per species), and the bad-case gallery: the ``num_worst`` test instances with the
         lowest OKS (the metric's own)."""
         if not trainer.is_global_zero:
             return
+        names = list(pl_module.hparams.get("keypoint_names") or pl_module.hparams.get("prompts") or [])
+        tables = {}
         confusion = getattr(pl_module, "keypoint_confusion", {}).get("test")
         if confusion is not None:
-            names = list(pl_module.hparams.get("keypoint_names") or pl_module.hparams.get("prompts") or [])
-            self._emit(trainer, {"keypoint_confusion": confusion_image(confusion, names)}, "test")
+            tables["keypoint_confusion"] = confusion_image(confusion, names)
+        pck_rows = getattr(pl_module, "keypoint_pck", {}).get("test")
+        if pck_rows:
+            tables["keypoint_pck"] = pck_table_image(pck_rows)
+        if tables:
+            self._emit(trainer, tables, "test")
         if self.num_worst <= 0:
             return
         oks = getattr(pl_module, "instance_oks", {}).get("test") or {}

@@ -15,7 +15,7 @@ from clamp_pl.evaluation.coco_eval import (
     write_results,
 )
 from clamp_pl.evaluation.metric import CocoKeypointAP
-from clamp_pl.evaluation.pck import keypoint_confusion, pck, swap_rate
+from clamp_pl.evaluation.pck import keypoint_confusion, pck, pck_per_keypoint, swap_rate
 
 __all__ = [
     "STAT_NAMES",
@@ -30,6 +30,7 @@ __all__ = [
     "oks_iou",
     "oks_nms",
     "pck",
+    "pck_per_keypoint",
     "per_category_ap",
     "rescore",
     "swap_rate",

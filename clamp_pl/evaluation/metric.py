@@ -17,9 +17,11 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from clamp_pl.evaluation.coco_eval import coco_keypoint_eval, instance_oks, load_gt, oks_nms, rescore
-from clamp_pl.evaluation.pck import keypoint_confusion, pck, swap_rate
+from clamp_pl.evaluation.pck import keypoint_confusion, pck, pck_per_keypoint, swap_rate
 
 PCK_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
+#: threshold of the per-keypoint (and per-species) PCK table
+KEYPOINT_PCK_THR = 0.1
 
 
 class CocoKeypointAP(Metric):
@@ -74,6 +76,7 @@ class CocoKeypointAP(Metric):
         self._results: list[dict] | None = None
         self._instance_oks: dict[int, float] = {}
         self._confusion: np.ndarray | None = None
+        self._keypoint_pck: dict[str, np.ndarray] = {}
 
         for name in ("ann_ids", "image_ids", "category_ids", "keypoints", "scores", "box_scores", "areas"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -168,6 +171,7 @@ class CocoKeypointAP(Metric):
     def _keypoint_metrics(self, s: Mapping[str, np.ndarray]) -> dict[str, float]:
         self._instance_oks = {}
         self._confusion = None
+        self._keypoint_pck = {}
         in_gt = np.array([int(a) in self.coco_gt.anns for a in s["ann_ids"]], dtype=bool)
         if not in_gt.any():
             return {}
@@ -179,6 +183,14 @@ class CocoKeypointAP(Metric):
         oks = instance_oks(pred, gt, areas, self.sigmas)
         self._instance_oks = {int(a): float(o) for a, o in zip(s["ann_ids"][in_gt], oks) if np.isfinite(o)}
         self._confusion = keypoint_confusion(pred, gt[..., :2], visible)
+        self._keypoint_pck = {"all": pck_per_keypoint(pred, gt[..., :2], visible, norm, KEYPOINT_PCK_THR)}
+        cats = np.array([a["category_id"] for a in anns])
+        for cat_id, name in sorted(self.species.items(), key=lambda x: x[1]):
+            sel = cats == cat_id
+            if sel.any():
+                self._keypoint_pck[name] = pck_per_keypoint(
+                    pred[sel], gt[sel, :, :2], visible[sel], norm[sel], KEYPOINT_PCK_THR
+                )
         out = {}
         if self._confusion.sum():
             out["nearest_correct"] = float(np.trace(self._confusion) / self._confusion.sum())
@@ -221,6 +233,11 @@ class CocoKeypointAP(Metric):
         The bad-case gallery (``KeypointVisCallback``) shows the lowest."""
         return dict(self._instance_oks)
 
+    def keypoint_pck(self) -> dict[str, np.ndarray]:
+        """PCK@``KEYPOINT_PCK_THR`` per keypoint, (K,) arrays (NaN: never labelled), for ``"all"`` instances and
+        for each species with ground truth (by name), from the last ``compute()``."""
+        return {k: v.copy() for k, v in self._keypoint_pck.items()}
+
     def keypoint_confusion(self) -> np.ndarray | None:
         """(K, K) counts from the last ``compute()``: row = predicted keypoint, column = the labelled keypoint it
         landed nearest to (see :func:`clamp_pl.evaluation.pck.keypoint_confusion`); None before any."""
@@ -231,3 +248,4 @@ class CocoKeypointAP(Metric):
         self._results = None
         self._instance_oks = {}
         self._confusion = None
+        self._keypoint_pck = {}

@@ -41,6 +41,21 @@ def pck(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, norm: np.ndarray,
     return float((dist[mask] < thr).mean())
 
 
+def pck_per_keypoint(
+    pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, norm: np.ndarray, thr: float
+) -> np.ndarray:
+    """:func:`pck` for each keypoint type separately: (K,) fractions, NaN for a keypoint never labelled."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    norm = np.asarray(norm, dtype=np.float64)
+    mask = (np.asarray(visible) > 0) & (norm > 0)[:, None]
+    dist = np.linalg.norm(pred - gt, axis=-1) / np.where(norm > 0, norm, 1.0)[:, None]
+    hits = ((dist < thr) & mask).sum(0)
+    n = mask.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, hits / n, np.nan)
+
+
 def swap_rate(
     pred: np.ndarray, gt: np.ndarray, visible: np.ndarray, flip_pairs: Sequence[tuple[int, int]]
 ) -> dict[str, float]:

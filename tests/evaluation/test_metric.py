@@ -116,6 +116,8 @@ def test_perfect_predictions():
     conf = metric.keypoint_confusion()
     n_labelled = sum(int(v > 0) for a in gt["annotations"] for v in a["keypoints"][2::3])
     assert conf.shape == (K, K) and np.trace(conf) == conf.sum() == n_labelled
+    table = metric.keypoint_pck()
+    assert set(table) == {"all", "cat", "dog", "lion"} and all(np.nanmin(v) == 1.0 for v in table.values())
     assert "AP_family/Ursidae" not in out
     results = metric.coco_results()
     assert len(results) == len(gt["annotations"])
@@ -136,7 +138,7 @@ def test_instance_oks_per_ground_truth_instance():
     assert all(v == pytest.approx(1.0) for a, v in oks.items() if cat[a] == 1)
     assert all(0.0 < v < 1.0 for a, v in oks.items() if cat[a] != 1)
     metric.reset()
-    assert metric.instance_oks() == {} and metric.keypoint_confusion() is None
+    assert metric.instance_oks() == {} and metric.keypoint_confusion() is None and metric.keypoint_pck() == {}
 
 
 def test_matches_functional_pipeline():

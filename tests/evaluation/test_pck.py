@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from clamp_pl.evaluation import keypoint_confusion, pck, swap_rate
+from clamp_pl.evaluation import keypoint_confusion, pck, pck_per_keypoint, swap_rate
 
 
 def test_pck_known_distances():
@@ -70,3 +70,16 @@ def test_keypoint_confusion_hand_built():
                          [0, 1, 1]])
     np.testing.assert_array_equal(counts, expected)
     assert counts.sum() == visible.sum()  # one assignment per labelled keypoint; the unlabelled one not counted
+
+
+def test_pck_per_keypoint_matches_pck():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 100, (20, 4, 2))
+    pred = gt + rng.normal(0, 8, gt.shape)
+    visible = rng.random((20, 4)) < 0.8
+    visible[:, 3] = False  # never labelled
+    norm = np.full(20, 100.0)
+    per = pck_per_keypoint(pred, gt, visible, norm, 0.1)
+    assert np.isnan(per[3])
+    for k in range(3):
+        assert per[k] == pytest.approx(pck(pred[:, k:k + 1], gt[:, k:k + 1], visible[:, k:k + 1], norm, 0.1))
