@@ -125,8 +125,12 @@ def run_video_prediction(
     dets_of: dict[int, list[dict[str, Any]]] | None = None
     if detections is not None:
         dets_of = defaultdict(list)
-        for d in detections:
-            dets_of[int(d["image_id"])].append(d)
+        for n, d in enumerate(detections):
+            frame = d["image_id"]
+            if isinstance(frame, bool) or not str(frame).lstrip("-").isdigit() or int(frame) < 0:
+                raise ValueError(f"{video}: detection {n}: field 'image_id' must be a frame index (0, 1, ...) "
+                                 f"for a video input, got {frame!r}")
+            dets_of[int(frame)].append(d)
     names = est.meta["keypoint_names"] or [f"kp{i}" for i in range(len(est.meta["prompts"]))]
     csv_path = output_dir / f"{video.stem}_keypoints.csv"
     vis_path = output_dir / f"{video.stem}_pose.mp4"

@@ -79,6 +79,8 @@ def test_video_with_per_frame_boxes(tiny_run, video, tmp_path):  # noqa: F811
     assert summary["frames"] == N_FRAMES and summary["video"] is None
     assert [p["frame"] for p in preds] == [1, 1, 4]  # frames without a detection: no prediction
     assert preds[0]["bbox"] == [10, 10, 80, 60]
+    with pytest.raises(ValueError, match=r"detection 1: field 'image_id' must be a frame index .* 'frame_3.jpg'"):
+        run_video_prediction(est, video, tmp_path, detections=[dets[0], {**dets[0], "image_id": "frame_3.jpg"}])
 
 
 def test_unreadable_video_names_the_file(tiny_run, tmp_path):  # noqa: F811
