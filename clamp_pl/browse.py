@@ -54,10 +54,11 @@ def render_samples(
     meta = dm.ensure_meta()
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False).tolist())
-    torch.manual_seed(seed)  # the dataset draws its augmentation stream from torch's generator
     tiles, records = [], []
-    for i in picks:
-        item = ds[i]
+    with torch.random.fork_rng(devices=[]):  # the dataset draws its augmentation from torch's global generator
+        torch.manual_seed(seed)
+        items = [ds[i] for i in picks]
+    for i, item in zip(picks, items):
         img = denormalize(item["image"].numpy(), dm.normalization)
         if heatmaps:
             img = overlay_heatmaps(img, item["heatmaps"].numpy())

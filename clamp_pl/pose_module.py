@@ -106,12 +106,9 @@ class PoseLitModule(pl.LightningModule):
         self._saved_stats: list[Tensor] | None = None
         self._compiled: torch.nn.Module | None = None
         self.metrics: dict[str, CocoKeypointAP] = {}
-        # split -> {ann_id: OKS} of the last evaluation (the bad-case gallery reads it)
-        self.instance_oks: dict[str, dict[int, float]] = {}
-        # split -> (K, K) counts: predicted keypoint x nearest labelled keypoint (CocoKeypointAP.keypoint_confusion)
-        self.keypoint_confusion: dict[str, np.ndarray | None] = {}
-        # split -> {"all" | species: (K,) PCK@0.1 per keypoint} (CocoKeypointAP.keypoint_pck)
-        self.keypoint_pck: dict[str, dict[str, np.ndarray]] = {}
+        # split -> CocoKeypointAP.analysis() of its last evaluation (per-instance OKS, keypoint confusion,
+        # per-keypoint PCK): the test-time pictures of KeypointVisCallback read it
+        self.eval_analysis: dict[str, dict[str, Any]] = {}
 
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
@@ -264,6 +261,7 @@ class PoseLitModule(pl.LightningModule):
         if metric is None:
             return {}
         values = metric.compute()
+        analysis = self.eval_analysis[split] = metric.analysis()
         for k, v in values.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self.log(f"{split}/{k}", float(v), prog_bar=k == "AP", sync_dist=False, rank_zero_only=False)
@@ -273,13 +271,13 @@ class PoseLitModule(pl.LightningModule):
             write_results(out / "test_predictions.json", metric.coco_results())
             (out / "test_metrics.json").write_text(json.dumps(values, indent=1))
             names = list(self.hparams.keypoint_names or self.hparams.prompts)
-            table = metric.keypoint_pck()
+            table = analysis.get("keypoint_pck")
             if table:
                 (out / "test_keypoint_pck.json").write_text(json.dumps({
                     "threshold": KEYPOINT_PCK_THR, "keypoints": names,
                     "pck": {k: [None if np.isnan(v) else float(v) for v in row] for k, row in table.items()}},
                     indent=1))
-            confusion = metric.keypoint_confusion()
+            confusion = analysis.get("keypoint_confusion")
             if confusion is not None:
                 (out / "test_keypoint_confusion.json").write_text(json.dumps({
                     "keypoints": names,
@@ -290,9 +288,6 @@ class PoseLitModule(pl.LightningModule):
                 if rows and hasattr(lg, "log_table"):  # W&B
                     lg.log_table(key="test/AP_species", columns=["species", "AP"], data=rows)
         self.last_metrics = {f"{split}/{k}": v for k, v in values.items()}
-        self.instance_oks[split] = metric.instance_oks()
-        self.keypoint_confusion[split] = metric.keypoint_confusion()
-        self.keypoint_pck[split] = metric.keypoint_pck()
         metric.reset()
         return values
 
@@ -350,8 +345,6 @@ class PoseLitModule(pl.LightningModule):
         fused kernel unscales the gradients itself, so Lightning refuses to clip them first.
         """
         if not params or not all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-            return False
-        if len({p.device for p in params}) > 1:
             return False
         trainer = self._trainer
         if trainer is not None and getattr(trainer, "gradient_clip_val", None):

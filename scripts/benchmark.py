@@ -78,6 +78,8 @@ import cv2
 import numpy as np
 import torch
 
+from clamp_pl.utils.run import flops_of
+
 REPO = Path(__file__).resolve().parents[1]
 # glibc malloc keeps freed memory (see the module docstring); read by glibc at process start
 GLIBC_MALLOC_ENV = {
@@ -237,6 +239,30 @@ def rate_row(case: str, figure: str, reference: str, n: int, t: Timing, ref: Tim
     )
 
 
+@dataclass
+class Measured:
+    """Timings and peak memory of the callables of one comparison (:func:`measure`), by key."""
+
+    t: dict[Any, Timing]
+    mem: dict[Any, float | None]
+
+    def time_row(self, case: str, figure: str, reference: str, key: Any, ref_key: Any, **kw) -> Row:
+        """:func:`time_row` of callable ``key`` against ``ref_key``, their peak memory included."""
+        return time_row(case, figure, reference, self.t[key], self.t[ref_key], mem_mib=self.mem[key],
+                        ref_mem_mib=self.mem[ref_key], **kw)
+
+    def rate_row(self, case: str, figure: str, reference: str, n: int, key: Any, ref_key: Any, **kw) -> Row:
+        """:func:`rate_row` of callable ``key`` against ``ref_key``, their peak memory included."""
+        return rate_row(case, figure, reference, n, self.t[key], self.t[ref_key], mem_mib=self.mem[key],
+                        ref_mem_mib=self.mem[ref_key], **kw)
+
+
+def measure(fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1) -> Measured:
+    """:func:`time_interleaved`, then :func:`peak_memory_mib` of each callable."""
+    t = time_interleaved(fns, repeats, warmup)
+    return Measured(t, {k: peak_memory_mib(fn) for k, fn in fns.items()})
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -355,17 +381,6 @@ def make_optimizer(model, fused: bool = True) -> torch.optim.Optimizer:
     )
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
-    """Floating-point operations of one call (``torch.utils.flop_counter``: matrix products, convolutions,
-    attention, forward and backward; element-wise ops are not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
 def make_train_step(model, criterion, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
     """Forward + loss + backward + optimiser step on a fixed batch."""
     opt = make_optimizer(model)
@@ -430,33 +445,28 @@ def bench_data(repeats: int, workdir: Path) -> list[Row]:
 
     fns = {"on": epoch(datasets[True]), "off": epoch(datasets[False]), "ref": reference}
     with single_threaded():
-        t = time_interleaved(fns, repeats)
-        mem = {k: peak_memory_mib(fn) for k, fn in fns.items()}
+        meas = measure(fns, repeats)
     kib = np.mean([Path(i.image_path).stat().st_size for i in instances]) / 1024
     detail = {"images": n, "mean_jpeg_kib": round(float(kib), 1), "input_size": size}
     ref_name = "cv2.imread + cv2.warpAffine only"
     return [
-        rate_row(
+        meas.rate_row(
             "data",
             f"TopDownDataset train, reduced decode on ({n} AP-10K-sized JPEGs, 1 thread)",
             ref_name,
             n,
-            t["on"],
-            t["ref"],
+            "on",
+            "ref",
             target=("value_ge", 150.0),
-            mem_mib=mem["on"],
-            ref_mem_mib=mem["ref"],
             detail=detail,
         ),
-        rate_row(
+        meas.rate_row(
             "data",
             "TopDownDataset train, reduced decode off",
             ref_name,
             n,
-            t["off"],
-            t["ref"],
-            mem_mib=mem["off"],
-            ref_mem_mib=mem["ref"],
+            "off",
+            "ref",
             detail=detail,
         ),
     ]
@@ -475,22 +485,19 @@ def bench_train(models: list[str], repeats: int | None, batch: int) -> list[Row]
             nets[variant] = build_clamp(cfg, text_branch)
             data = synthetic_batch(nets[variant], batch, cfg["heatmap_size"])
             fns[variant] = make_train_step(nets[variant], criterion, data)
-            flops[variant] = count_flops(fns[variant])
+            flops[variant] = flops_of(fns[variant])
         reps = repeats or DEFAULT_REPEATS[key]
-        t = time_interleaved(fns, reps)
-        mem = {k: peak_memory_mib(fn) for k, fn in fns.items()}
+        meas = measure(fns, reps)
         size = cfg["net"]["image_size"]
         name = f"{cfg['net']['clip_model']} {size}px"
         rows.append(
-            time_row(
+            meas.time_row(
                 "train",
                 f"train step CLAMP {name}, batch {batch}",
                 "image-only baseline, same backbone + head",
-                t["clamp"],
-                t["baseline"],
+                "clamp",
+                "baseline",
                 target=("ratio_le", 1.15),
-                mem_mib=mem["clamp"],
-                ref_mem_mib=mem["baseline"],
                 flop_ratio=flops["clamp"] / flops["baseline"],
                 detail={
                     "params_clamp": sum(p.numel() for p in nets["clamp"].parameters() if p.requires_grad),
@@ -553,29 +560,24 @@ def bench_text(models: list[str], repeats: int | None, text_model: str = "ViT-B-
     rows = []
     for label, make in (("fwd+bwd (train)", fwd_bwd), ("fwd (no grad)", fwd)):
         fns = {k: make(pl) for k, pl in learners.items()}
-        t = time_interleaved(fns, reps)
-        mem = {k: peak_memory_mib(fn) for k, fn in fns.items()}
+        meas = measure(fns, reps)
         rows.append(
-            time_row(
+            meas.time_row(
                 "text",
                 f"{text_model} text tower {label}, 17 prompts x {short_len} tokens",
                 f"{full_len} tokens",
-                t["short"],
-                t["full"],
+                "short",
+                "full",
                 target=("ratio_le", 0.25),
-                mem_mib=mem["short"],
-                ref_mem_mib=mem["full"],
             )
         )
         rows.append(
-            time_row(
+            meas.time_row(
                 "text",
                 f"{text_model} text tower {label}, shared SOT+context prefix",
                 "prefix run per prompt",
-                t["short"],
-                t["unshared"],
-                mem_mib=mem["short"],
-                ref_mem_mib=mem["unshared"],
+                "short",
+                "unshared",
             )
         )
     del learners, tower
@@ -599,17 +601,14 @@ def bench_text(models: list[str], repeats: int | None, text_model: str = "ViT-B-
             return run
 
         fns = {"cached": val(True), "recomputed": val(False)}
-        t = time_interleaved(fns, repeats or DEFAULT_REPEATS[key])
-        mem = {k: peak_memory_mib(fn) for k, fn in fns.items()}
+        meas = measure(fns, repeats or DEFAULT_REPEATS[key])
         rows.append(
-            time_row(
+            meas.time_row(
                 "text",
                 f"validation {n_fwd} forwards x batch 8, {cfg['net']['clip_model']}, cached text features",
                 "text tower rerun every forward",
-                t["cached"],
-                t["recomputed"],
-                mem_mib=mem["cached"],
-                ref_mem_mib=mem["recomputed"],
+                "cached",
+                "recomputed",
             )
         )
         del model, fns
@@ -641,18 +640,15 @@ def bench_flip(models: list[str], repeats: int | None, batch: int) -> list[Row]:
             flip: (lambda flip=flip, m=module, x=x: m.predict_heatmaps(x, flip_test=flip))
             for flip in (True, False)
         }
-        t = time_interleaved(fns, repeats or DEFAULT_REPEATS[key])
-        mem = {k: peak_memory_mib(fn) for k, fn in fns.items()}
-        flops = {k: count_flops(fn) for k, fn in fns.items()}
+        meas = measure(fns, repeats or DEFAULT_REPEATS[key])
+        flops = {k: flops_of(fn) for k, fn in fns.items()}
         rows.append(
-            time_row(
+            meas.time_row(
                 "flip",
                 f"predict_heatmaps flip test (one batch of 2x{batch}), {cfg['net']['clip_model']}",
                 f"single pass (batch {batch})",
-                t[True],
-                t[False],
-                mem_mib=mem[True],
-                ref_mem_mib=mem[False],
+                True,
+                False,
                 flop_ratio=flops[True] / flops[False],
             )
         )
@@ -774,33 +770,28 @@ def bench_eval(repeats: int | None, n_instances: int, n_images: int, workdir: Pa
         stats["metric"] = m.compute()
 
     fns = {"direct": direct, "ours": ours, "metric": metric}
-    t = time_interleaved(fns, reps, warmup=0)
-    mem = {k: peak_memory_mib(fn) for k, fn in fns.items()}
+    meas = measure(fns, reps, warmup=0)
     if not np.allclose(stats["direct"], stats["ours"], atol=1e-12):
         raise AssertionError(f"evaluate_keypoints {stats['ours']} != COCOeval {stats['direct']}")
     size = f"{n_instances} instances, {n_images} images, 54 categories, K=17"
     ref_name = "xtcocotools COCOeval on JSON files (mmpose)"
     return [
-        time_row(
+        meas.time_row(
             "eval",
             f"evaluate_keypoints ({size})",
             ref_name,
-            t["ours"],
-            t["direct"],
+            "ours",
+            "direct",
             target=("ratio_le", 1.2),
-            mem_mib=mem["ours"],
-            ref_mem_mib=mem["direct"],
             detail={"AP": stats["ours"][0], "identical_stats": True},
         ),
-        time_row(
+        meas.time_row(
             "eval",
             "CocoKeypointAP update + compute (+ OKS-NMS, 54 species, 23 families, PCK, swap rate)",
             ref_name,
-            t["metric"],
-            t["direct"],
+            "metric",
+            "direct",
             target=("ratio_le", 1.2),
-            mem_mib=mem["metric"],
-            ref_mem_mib=mem["direct"],
             detail={"AP": stats["metric"]["AP"]},
         ),
     ]

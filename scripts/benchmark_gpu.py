@@ -52,6 +52,7 @@ from benchmark import (  # noqa: E402  (the sibling script, importable once its 
 )
 
 from clamp_pl.models import CLAMPLoss, no_weight_decay  # noqa: E402
+from clamp_pl.utils.run import flops_of  # noqa: E402
 
 Step = Callable[[dict[str, torch.Tensor]], None]
 
@@ -121,18 +122,18 @@ class Runner:
     def time_steps(self, step: Step, batches: Callable[[], dict[str, torch.Tensor]]) -> dict[str, float]:
         """Images/s over the timed steps, seconds of the warm-up (compilation included) and peak memory."""
         a = self.args
-        w0 = time.perf_counter()
-        for _ in range(a.warmup):
-            step(batches())
-        self.sync()
-        warmup_s = time.perf_counter() - w0
+
+        def run(n: int) -> float:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                step(batches())
+            self.sync()
+            return time.perf_counter() - t0
+
+        warmup_s = run(a.warmup)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(a.steps):
-            step(batches())
-        self.sync()
-        elapsed = time.perf_counter() - t0
+        elapsed = run(a.steps)
         if self.device.type == "cuda":
             mem = torch.cuda.max_memory_allocated() / 2**30
         else:
@@ -146,17 +147,17 @@ class Runner:
 
     def count_flops(self, variant: str) -> float:
         """FLOPs of one eager training step (forward + backward) of ``variant``."""
-        from torch.utils.flop_counter import FlopCounterMode
-
         if variant not in self.flops:
             net = self.nets[variant].train()
             batch = self.batch[variant]
-            with FlopCounterMode(display=False) as counter:
+
+            def step() -> None:
                 with self.autocast():
                     loss = self.criterion(net(batch["image"]), batch)["loss"]
                 loss.backward()
+
+            self.flops[variant] = float(flops_of(step))
             net.zero_grad(set_to_none=True)
-            self.flops[variant] = float(counter.get_total_flops())
         return self.flops[variant]
 
     def over_budget(self, need_s: float = 0.0) -> bool:

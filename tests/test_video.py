@@ -83,7 +83,7 @@ def test_video_with_per_frame_boxes(tiny_run, video, tmp_path):  # noqa: F811
         run_video_prediction(est, video, tmp_path, detections=[dets[0], {**dets[0], "image_id": "frame_3.jpg"}])
 
 
-def test_unreadable_video_names_the_file(tiny_run, tmp_path):  # noqa: F811
+def test_unreadable_video_names_the_file(tmp_path):
     fake = tmp_path / "broken.mp4"
     fake.write_bytes(b"not a video at all" * 100)
     with pytest.raises(VideoReadError, match="broken.mp4"):

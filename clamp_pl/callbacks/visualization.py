@@ -126,19 +126,20 @@ class KeypointVisCallback(pl.Callback):
         lowest OKS (the metric's own)."""
         if not trainer.is_global_zero:
             return
+        analysis = getattr(pl_module, "eval_analysis", {}).get("test") or {}
         names = list(pl_module.hparams.get("keypoint_names") or pl_module.hparams.get("prompts") or [])
         tables = {}
-        confusion = getattr(pl_module, "keypoint_confusion", {}).get("test")
+        confusion = analysis.get("keypoint_confusion")
         if confusion is not None:
             tables["keypoint_confusion"] = confusion_image(confusion, names)
-        pck_rows = getattr(pl_module, "keypoint_pck", {}).get("test")
+        pck_rows = analysis.get("keypoint_pck")
         if pck_rows:
             tables["keypoint_pck"] = pck_table_image(pck_rows)
         if tables:
             self._emit(trainer, tables, "test")
         if self.num_worst <= 0:
             return
-        oks = getattr(pl_module, "instance_oks", {}).get("test") or {}
+        oks = analysis.get("instance_oks") or {}
         ds = self._dataset(trainer, "test")
         if not oks or not ds:
             return

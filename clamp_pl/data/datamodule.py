@@ -238,7 +238,6 @@ class PoseDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-
 def _require(paths: dict[str, tuple[Path, Path]], dataset: str) -> dict[str, tuple[Path, Path]]:
     for ann, img_dir in paths.values():
         if not ann.is_file():

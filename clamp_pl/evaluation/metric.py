@@ -8,8 +8,10 @@ the order of updates: samples are sorted by annotation id before evaluation.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ class CocoKeypointAP(Metric):
     undefined, as xtcocotools), ``PCK@0.05``, ``PCK@0.1``, ``PCK@0.2`` (over predictions whose ``ann_id`` is a
     ground-truth annotation, before NMS, normalised by max(w, h) of its box), ``nearest_correct`` (fraction of
     labelled keypoints whose prediction is nearer to that keypoint than to any other labelled one of the
-    instance: the diagonal of :meth:`keypoint_confusion`), and the optional keys above.
+    instance: the diagonal of the confusion matrix in :meth:`analysis`), and the optional keys above.
 
     Call ``update()`` per batch and ``compute()`` once per epoch; ``forward()`` only updates, since an OKS AP of
     a single batch means little and costs a COCOeval run.
@@ -74,9 +76,8 @@ class CocoKeypointAP(Metric):
         self.score_thr = score_thr
         self.use_area = use_area
         self._results: list[dict] | None = None
-        self._instance_oks: dict[int, float] = {}
-        self._confusion: np.ndarray | None = None
-        self._keypoint_pck: dict[str, np.ndarray] = {}
+        # per-instance / per-keypoint results of the last compute(): see analysis()
+        self._analysis: dict[str, Any] = {}
 
         for name in ("ann_ids", "image_ids", "category_ids", "keypoints", "scores", "box_scores", "areas"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
@@ -169,9 +170,7 @@ class CocoKeypointAP(Metric):
         return results
 
     def _keypoint_metrics(self, s: Mapping[str, np.ndarray]) -> dict[str, float]:
-        self._instance_oks = {}
-        self._confusion = None
-        self._keypoint_pck = {}
+        self._analysis = {}
         in_gt = np.array([int(a) in self.coco_gt.anns for a in s["ann_ids"]], dtype=bool)
         if not in_gt.any():
             return {}
@@ -181,19 +180,21 @@ class CocoKeypointAP(Metric):
         pred, visible = s["keypoints"][in_gt], gt[..., 2] > 0
         areas = np.array([a.get("area") or a["bbox"][2] * a["bbox"][3] for a in anns], dtype=np.float64)
         oks = instance_oks(pred, gt, areas, self.sigmas)
-        self._instance_oks = {int(a): float(o) for a, o in zip(s["ann_ids"][in_gt], oks) if np.isfinite(o)}
-        self._confusion = keypoint_confusion(pred, gt[..., :2], visible)
-        self._keypoint_pck = {"all": pck_per_keypoint(pred, gt[..., :2], visible, norm, KEYPOINT_PCK_THR)}
+        confusion = keypoint_confusion(pred, gt[..., :2], visible)
+        table = {"all": pck_per_keypoint(pred, gt[..., :2], visible, norm, KEYPOINT_PCK_THR)}
         cats = np.array([a["category_id"] for a in anns])
         for cat_id, name in sorted(self.species.items(), key=lambda x: x[1]):
             sel = cats == cat_id
             if sel.any():
-                self._keypoint_pck[name] = pck_per_keypoint(
-                    pred[sel], gt[sel, :, :2], visible[sel], norm[sel], KEYPOINT_PCK_THR
-                )
+                table[name] = pck_per_keypoint(pred[sel], gt[sel, :, :2], visible[sel], norm[sel], KEYPOINT_PCK_THR)
+        self._analysis = {
+            "instance_oks": {int(a): float(o) for a, o in zip(s["ann_ids"][in_gt], oks) if np.isfinite(o)},
+            "keypoint_confusion": confusion,
+            "keypoint_pck": table,
+        }
         out = {}
-        if self._confusion.sum():
-            out["nearest_correct"] = float(np.trace(self._confusion) / self._confusion.sum())
+        if confusion.sum():
+            out["nearest_correct"] = float(np.trace(confusion) / confusion.sum())
         for thr in PCK_THRESHOLDS:
             value = pck(pred, gt[..., :2], visible, norm, thr)
             if not np.isnan(value):
@@ -227,25 +228,29 @@ class CocoKeypointAP(Metric):
             raise RuntimeError("CocoKeypointAP.coco_results() needs compute() first")
         return [dict(r) for r in self._results]
 
-    def instance_oks(self) -> dict[int, float]:
-        """``ann_id`` -> OKS of its prediction with its ground truth (COCOeval's formula for the pair, before
-        rescoring and NMS), from the last ``compute()``; instances without labelled keypoints are left out.
-        The bad-case gallery (``KeypointVisCallback``) shows the lowest."""
-        return dict(self._instance_oks)
+    def analysis(self) -> dict[str, Any]:
+        """Per-instance and per-keypoint results of the last ``compute()`` (empty before any, or without ground
+        truth), a copy:
 
-    def keypoint_pck(self) -> dict[str, np.ndarray]:
-        """PCK@``KEYPOINT_PCK_THR`` per keypoint, (K,) arrays (NaN: never labelled), for ``"all"`` instances and
-        for each species with ground truth (by name), from the last ``compute()``."""
-        return {k: v.copy() for k, v in self._keypoint_pck.items()}
+        * ``instance_oks``: ``ann_id`` -> OKS of its prediction with its ground truth (COCOeval's formula for
+          the pair, before rescoring and NMS); instances without labelled keypoints are left out.
+        * ``keypoint_confusion``: (K, K) counts, row = predicted keypoint, column = the labelled keypoint it
+          landed nearest to (:func:`clamp_pl.evaluation.pck.keypoint_confusion`).
+        * ``keypoint_pck``: PCK@``KEYPOINT_PCK_THR`` per keypoint, (K,) arrays (NaN: never labelled), for
+          ``"all"`` instances and for each species with ground truth (by name).
+        """
+        return copy.deepcopy(self._analysis)
+
+    def instance_oks(self) -> dict[int, float]:
+        return self.analysis().get("instance_oks", {})
 
     def keypoint_confusion(self) -> np.ndarray | None:
-        """(K, K) counts from the last ``compute()``: row = predicted keypoint, column = the labelled keypoint it
-        landed nearest to (see :func:`clamp_pl.evaluation.pck.keypoint_confusion`); None before any."""
-        return None if self._confusion is None else self._confusion.copy()
+        return self.analysis().get("keypoint_confusion")
+
+    def keypoint_pck(self) -> dict[str, np.ndarray]:
+        return self.analysis().get("keypoint_pck", {})
 
     def reset(self) -> None:
         super().reset()
         self._results = None
-        self._instance_oks = {}
-        self._confusion = None
-        self._keypoint_pck = {}
+        self._analysis = {}

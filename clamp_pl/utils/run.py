@@ -150,12 +150,20 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     return {"params/total": total, "params/trainable": trainable, "params/frozen": total - trainable}
 
 
-def count_flops(model: pl.LightningModule) -> dict[str, float]:
-    """GFLOPs of the network's forward pass on one crop, as in inference (text features computed beforehand and
-    cached; flip test doubles it). ``torch.utils.flop_counter`` counts matrix products, convolutions and
-    attention, not element-wise ops. ``{}`` for a model without ``net.image_tower``."""
+def flops_of(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of ``fn`` (``torch.utils.flop_counter``: matrix products,
+    convolutions and attention, forward and backward; element-wise ops are not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def count_flops(model: pl.LightningModule) -> dict[str, float]:
+    """GFLOPs of the network's forward pass on one crop, as in inference (text features computed beforehand and
+    cached; flip test doubles it), by :func:`flops_of`. ``{}`` for a model without ``net.image_tower``."""
     net = getattr(model, "net", None)
     if net is None or not hasattr(net, "image_tower"):
         return {}
@@ -167,12 +175,10 @@ def count_flops(model: pl.LightningModule) -> dict[str, float]:
         with torch.no_grad():
             if getattr(net, "prompt_learner", None) is not None:
                 net.text_features()  # cached: evaluation computes it once per epoch, not per crop
-            counter = FlopCounterMode(display=False)
-            with counter:
-                net(torch.zeros(1, 3, size, size, device=device))
+            flops = flops_of(lambda: net(torch.zeros(1, 3, size, size, device=device)))
     finally:
         net.train(was_training)
-    return {"flops/gflops_per_crop": counter.get_total_flops() / 1e9}
+    return {"flops/gflops_per_crop": flops / 1e9}
 
 
 def log_hyperparameters(cfg: DictConfig, model: pl.LightningModule, trainer: pl.Trainer) -> dict[str, Any]:
