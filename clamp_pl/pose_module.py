@@ -318,6 +318,8 @@ class PoseLitModule(pl.LightningModule):
             for (group, no_wd), params in sorted(groups.items())
         ]
         fused = opt_cfg.get("fused", "auto")
+        if fused not in ("auto", True, False):
+            raise ValueError(f"model.optimizer.fused must be auto, true or false, not {fused!r}")
         if fused == "auto":
             fused = self._fused_optimizer_possible([p for g in param_groups for p in g["params"]])
         optimizer = torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd, fused=bool(fused))

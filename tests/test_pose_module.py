@@ -90,6 +90,13 @@ def test_fused_adamw_when_possible(fused_cfg, clip, scaler, expected):
     assert bool(opt.defaults["fused"]) is expected
 
 
+def test_fused_option_typo_is_a_clear_error():
+    model = make_module(optimizer={**OPT, "fused": "yes"})
+    attach_fake_trainer(model, 10, 1)
+    with pytest.raises(ValueError, match="model.optimizer.fused must be auto, true or false, not 'yes'"):
+        model.configure_optimizers()
+
+
 def test_fused_adamw_step_matches_the_loop_implementation():
     """The fused kernel is the default: its updates must be those of the reference AdamW (float rounding)."""
     nets = {}
