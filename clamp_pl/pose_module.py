@@ -307,7 +307,7 @@ class PoseLitModule(pl.LightningModule):
                 continue  # frozen tower: requires_grad False, never in the optimiser
             for name, p in named:
                 if p.requires_grad:
-                    groups.setdefault((group, no_weight_decay(name, p)), []).append(p)
+                    groups.setdefault((group, no_weight_decay(name, p, opt_cfg.get("no_decay_keys"))), []).append(p)
         param_groups = [
             {
                 "params": params,

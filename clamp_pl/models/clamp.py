@@ -8,6 +8,7 @@ CLIP embedding head (ViT ``ln_post``/``proj``, RN attention pool), whose paramet
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,12 +24,20 @@ LOGIT_SCALE_MAX = math.log(100.0)
 _NO_DECAY_NAMES = {"ctx", "positional_embedding", "class_embedding", "gamma", "logit_scale"}
 
 
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+def no_weight_decay(name: str, param: torch.Tensor, keys: Sequence[str] | None = None) -> bool:
     """Whether a CLAMP parameter should be excluded from weight decay.
 
-    Excluded: every 0-/1-D tensor (norm weights and biases, all biases, gamma, the logit scale, the ViT class
+    ``keys=None``: every 0-/1-D tensor (norm weights and biases, all biases, gamma, the logit scale, the ViT class
     embedding), the learnable prompt context (``ctx``) and positional embeddings (timm/open_clip convention).
+
+    ``keys=[...]``: the official mmcv rule (``paramwise_cfg.custom_keys`` with ``decay_mult=0``): a parameter is
+    excluded exactly when its name contains one of the substrings, everything else decays. The official ViT
+    recipes use ``["norm"]`` (only the context decoder's ``norm1-3`` match: the ViT's ``ln_*``, the prompt
+    encoder's LayerNorms and the heads' BatchNorms all decay), RN50 ``["bias", "norm"]``. The substrings carry
+    over because CLAMP's parameter names are the official ones under other prefixes.
     """
+    if keys is not None:
+        return any(k in name for k in keys)
     return param.ndim <= 1 or name.rsplit(".", 1)[-1] in _NO_DECAY_NAMES
 
 
@@ -58,6 +67,10 @@ class CLAMP(nn.Module):
 
     ``decoder_width`` / ``decoder_layers`` size the context decoder (official: 256, 3); the tiny CPU model uses
     a smaller one, which otherwise holds most of its parameters.
+
+    Official-code switches: ``drop_path_mode`` (``"token"``: the official per-token stochastic depth, or
+    ``"sample"``), ``class_embedding_twice`` (the official ViT class token; on for imported official weights),
+    ``text_heads`` (text-transformer heads, None = the CLIP config's; the official ViT-L/14 used 8).
     """
 
     def __init__(
@@ -79,6 +92,9 @@ class CLAMP(nn.Module):
         upconv_num_deconv: int = 2,
         upconv_channels: int | None = None,
         drop_path_rate: float = 0.0,
+        drop_path_mode: str = "token",
+        class_embedding_twice: bool = False,
+        text_heads: int | None = None,
         heatmap_size: tuple[int, int] = (64, 64),
         quick_gelu: bool | None = None,
         truncate_prompts: bool = True,
@@ -92,9 +108,16 @@ class CLAMP(nn.Module):
             raise ValueError("prompts must name at least one keypoint")
         self.text_branch = text_branch
         self.score_concat = score_concat and text_branch
-        clip = build_clip(clip_model, pretrained, image_size, quick_gelu)
+        clip = build_clip(clip_model, pretrained, image_size, quick_gelu, text_heads=text_heads)
         self.image_tower = DenseImageTower(
-            clip_model, pretrained, image_size, drop_path_rate, quick_gelu, clip_model=clip
+            clip_model,
+            pretrained,
+            image_size,
+            drop_path_rate,
+            quick_gelu,
+            drop_path_mode=drop_path_mode,
+            class_embedding_twice=class_embedding_twice,
+            clip_model=clip,
         )
         if not text_branch:
             for p in self.image_tower.embedding_parameters():

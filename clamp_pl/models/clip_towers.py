@@ -12,10 +12,16 @@ The image tower is built at the training resolution, so the positional embedding
 another resolution are bilinearly resized on load (the ViT token grid and the RN attention-pool grid; open_clip
 itself only resizes the ViT grid). Loading is strict.
 
-Deviations from the official CLAMP backbones (documented, deliberate):
-* The class embedding is added once (the official ViT adds it twice, spec Q3).
-* RN attention-pool positional embeddings are resized once at load instead of re-interpolated from the 7x7
-  grid in every forward; the forward pass still interpolates when the input grid differs from the built one.
+Behaviour of the official CLAMP backbones (an mmpose fork of DenseCLIP's), and where this differs:
+* Class embedding: the official ViT adds ``class_embedding`` twice, once as the class token and again into the
+  class token's positional embedding. ``class_embedding_twice=True`` does the same (weights fine-tuned that
+  way expect it); the default adds it once, as CLIP was trained.
+* Stochastic depth: the official blocks run sequence-first ``[L, B, W]``, so its per-"sample" drop path masks
+  dimension 0, i.e. drops a residual branch for one token position in every image of the batch.
+  ``drop_path_mode="token"`` reproduces that on open_clip's batch-first blocks; ``"sample"`` is the usual
+  stochastic depth (a whole image's branch).
+* Positional tables are resized once at load to the built grid (the official code stores them at the trained
+  resolution too) and re-interpolated in the forward pass only when the input grid differs.
 """
 
 from __future__ import annotations
@@ -137,6 +143,7 @@ def build_clip(
     image_size: int | None = None,
     quick_gelu: bool | None = None,
     cache_dir: str | None = None,
+    text_heads: int | None = None,
 ) -> nn.Module:
     """Create an open_clip CLIP model at ``image_size`` and load ``pretrained`` weights into it.
 
@@ -146,6 +153,9 @@ def build_clip(
         image_size: square input side; None keeps the config's size.
         quick_gelu: activation override. None picks what the weights were trained with: the tag's setting
             (True for ``'openai'``), True for OpenAI TorchScript files, else the architecture config's default.
+        text_heads: attention heads of the text transformer; None keeps the config's. The weights do not
+            depend on it, the features do: the official CLAMP ViT-L/14 ran CLIP's 12-head text tower with 8
+            heads, and its learned prompts only fit that split.
     """
     register_tiny_configs()
     name = model_name.replace("/", "-")
@@ -175,8 +185,16 @@ def build_clip(
     root = logging.getLogger()
     if quiet:
         root.addFilter(quiet)
+    extra = {}
+    if text_heads is not None:
+        width = cfg["text_cfg"]["width"]
+        if width % int(text_heads):
+            raise ValueError(f"text_heads={text_heads} does not divide the text width {width} of {model_name}")
+        extra["text_cfg"] = {**cfg["text_cfg"], "heads": int(text_heads)}
     try:
-        model = open_clip.create_model(name, pretrained=None, force_image_size=image_size, quick_gelu=qg)
+        model = open_clip.create_model(
+            name, pretrained=None, force_image_size=image_size, quick_gelu=qg, **extra
+        )
     finally:
         if quiet:
             root.removeFilter(quiet)
@@ -198,21 +216,35 @@ class _DropMessage(logging.Filter):
 # stochastic depth for open_clip ViT blocks
 
 
-class _DropPathHook:
-    """Forward hook on a residual block's ``ls_1``/``ls_2`` (the last op of each residual branch).
+DROP_PATH_MODES = ("token", "sample")
 
-    Zeroes the branch per sample with probability ``p`` in training and rescales the kept ones by 1/(1-p),
-    i.e. timm's DropPath, without touching open_clip's modules or their state-dict keys.
+
+class _DropPathHook:
+    """Forward hook on a residual block's ``ls_1``/``ls_2`` (the last op of each residual branch): stochastic
+    depth without touching open_clip's modules or their state-dict keys.
+
+    In training, zeroes the branch output ``[B, L, W]`` with probability ``p`` and rescales what is kept by
+    1/(1-p), so the expectation is unchanged. ``mode="token"``: one draw per token position, shared by every
+    image of the batch (mask ``[1, L, 1]``; the official CLAMP/DenseCLIP behaviour). ``mode="sample"``: one draw
+    per image (mask ``[B, 1, 1]``; timm's DropPath on batch-first blocks).
     """
 
-    def __init__(self, p: float) -> None:
+    def __init__(self, p: float, mode: str) -> None:
+        if mode not in DROP_PATH_MODES:
+            raise ValueError(f"drop_path_mode must be one of {DROP_PATH_MODES}, got {mode!r}")
         self.p = p
+        self.mode = mode
+
+    def mask_shape(self, out: torch.Tensor) -> tuple[int, ...]:
+        if self.mode == "token":
+            return (1, out.shape[1]) + (1,) * (out.ndim - 2)
+        return (out.shape[0],) + (1,) * (out.ndim - 1)
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         if not module.training or self.p == 0.0:
             return out
         keep = 1.0 - self.p
-        mask = out.new_empty((out.shape[0],) + (1,) * (out.ndim - 1)).bernoulli_(keep)
+        mask = out.new_empty(self.mask_shape(out)).bernoulli_(keep)
         return out * mask / keep
 
 
@@ -238,7 +270,8 @@ class DenseImageTower(nn.Module):
     built ``image_size``; inputs of another size also work (positional tables interpolated on the fly).
 
     ``drop_path_rate``: stochastic depth, linear 0 -> rate over the ViT blocks (CLAMP uses 0.4 for ViTs);
-    not supported for ResNets (CLAMP uses none there).
+    not supported for ResNets (CLAMP uses none there). ``drop_path_mode``: ``"token"`` (official) or
+    ``"sample"``, see :class:`_DropPathHook`. ``class_embedding_twice``: the official ViT's class token (ViT only).
     """
 
     def __init__(
@@ -249,6 +282,8 @@ class DenseImageTower(nn.Module):
         drop_path_rate: float = 0.0,
         quick_gelu: bool | None = None,
         *,
+        drop_path_mode: str = "token",
+        class_embedding_twice: bool = False,
         clip_model: nn.Module | None = None,
     ) -> None:
         """``clip_model``: an already built (and loaded) open_clip model to take the image tower from, so that
@@ -261,6 +296,7 @@ class DenseImageTower(nn.Module):
         visual = clip_model.visual
         self.model_name = model_name
         self.image_size = image_size
+        self.class_embedding_twice = bool(class_embedding_twice)
         if isinstance(visual, VisionTransformer):
             if visual.attn_pool is not None or visual.pool_type != "tok" or visual.proj is None:
                 raise ValueError(f"{model_name}: dense CLAMP features need a class-token ViT with a projection")
@@ -269,10 +305,12 @@ class DenseImageTower(nn.Module):
             self.embed_dim = visual.proj.shape[1]
             self.stride = tuple(visual.patch_size)
             self.grid_size = (image_size // self.stride[0], image_size // self.stride[1])
-            self._add_drop_path(visual, drop_path_rate)
+            self._add_drop_path(visual, drop_path_rate, drop_path_mode)
         elif isinstance(visual, ModifiedResNet):
             if drop_path_rate:
                 raise ValueError("drop_path_rate is only supported for ViT towers")
+            if class_embedding_twice:
+                raise ValueError("class_embedding_twice applies to ViT towers only (a ResNet has no class token)")
             self.kind = "rn"
             self.out_channels = visual.attnpool.k_proj.in_features
             self.embed_dim = visual.attnpool.c_proj.out_features
@@ -283,7 +321,9 @@ class DenseImageTower(nn.Module):
         self.visual = visual
 
     @staticmethod
-    def _add_drop_path(visual: VisionTransformer, rate: float) -> None:
+    def _add_drop_path(visual: VisionTransformer, rate: float, mode: str) -> None:
+        if mode not in DROP_PATH_MODES:
+            raise ValueError(f"drop_path_mode must be one of {DROP_PATH_MODES}, got {mode!r}")
         if rate <= 0:
             return
         if not visual.transformer.batch_first:
@@ -292,8 +332,8 @@ class DenseImageTower(nn.Module):
         for i, blk in enumerate(blocks):
             p = rate * i / max(len(blocks) - 1, 1)
             if p > 0:
-                blk.ls_1.register_forward_hook(_DropPathHook(p))
-                blk.ls_2.register_forward_hook(_DropPathHook(p))
+                blk.ls_1.register_forward_hook(_DropPathHook(p, mode))
+                blk.ls_2.register_forward_hook(_DropPathHook(p, mode))
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters used only for ``global_emb``/``pixel_emb``: ViT ``ln_post`` and ``proj``, the RN attention
@@ -317,7 +357,10 @@ class DenseImageTower(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # [B, gh*gw, W], row-major
         cls = v.class_embedding.to(x.dtype).view(1, 1, w).expand(b, -1, -1)
         x = torch.cat([cls, x], dim=1)
-        x = x + _resize_grid(v.positional_embedding, (gh, gw), "visual.positional_embedding").to(x.dtype)
+        pos = _resize_grid(v.positional_embedding, (gh, gw), "visual.positional_embedding")
+        if self.class_embedding_twice:
+            pos = torch.cat([pos[:1] + v.class_embedding, pos[1:]])
+        x = x + pos.to(x.dtype)
         x = v.ln_pre(x)
         x = v.transformer(x)  # [B, 1+gh*gw, W]
         feature_map = x[:, 1:].transpose(1, 2).reshape(b, w, gh, gw)

@@ -116,6 +116,20 @@ def test_param_groups_and_no_weight_decay():
         assert not no_weight_decay(name, named[name]), name
 
 
+def test_no_weight_decay_official_keys():
+    """The official rule: excluded iff the name contains a key; ViT recipe ["norm"], RN50 ["bias", "norm"]."""
+    named = dict(make().named_parameters())
+    vit = {n for n, p in named.items() if no_weight_decay(n, p, ["norm"])}
+    assert vit and all(".norm" in n and n.startswith("context_decoder.decoder.") for n in vit)
+    for name in ["image_tower.visual.ln_post.weight", "image_tower.visual.positional_embedding", "gamma",
+                 "prompt_learner.ctx", "keypoint_head.deconv_layers.1.weight", "prompt_encoder.ln.weight"]:
+        assert name not in vit, name
+    rn = {n for n, p in named.items() if no_weight_decay(n, p, ["bias", "norm"])}
+    assert rn == vit | {n for n in named if "bias" in n}
+    assert "image_tower.visual.transformer.resblocks.0.attn.in_proj_bias" in rn
+    assert not no_weight_decay("gamma", named["gamma"], [])
+
+
 def test_logit_scale_is_clamped_at_100():
     model = make()
     with torch.no_grad():

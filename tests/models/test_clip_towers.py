@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU
 
 from clamp_pl.models import DenseImageTower, TextTower, build_clip, read_checkpoint, register_tiny_configs
+from clamp_pl.models.clip_towers import _DropPathHook
 
 
 def _save(model, path, wrap=False):
@@ -128,6 +129,80 @@ def test_drop_path_only_in_training():
         assert not torch.allclose(a, ref)
     with pytest.raises(ValueError, match="only supported for ViT"):
         DenseImageTower("clamp-tiny-rn", None, 128, drop_path_rate=0.1)
+    with pytest.raises(ValueError, match="drop_path_mode"):
+        DenseImageTower("clamp-tiny-vit", None, 64, drop_path_rate=0.1, drop_path_mode="row", clip_model=clip)
+
+
+@pytest.mark.parametrize("mode", ["token", "sample"])
+def test_drop_path_mask_semantics(mode):
+    """token: one keep/drop per token position, the same in every image (the official sequence-first blocks);
+    sample: one per image, the same for all its tokens. Kept branches are scaled by 1/(1-p): the mean is kept."""
+    p, (b, length, w) = 0.3, (8, 50, 4)
+    hook, module = _DropPathHook(p, mode), torch.nn.Identity()
+    out = torch.ones(b, length, w)
+    torch.manual_seed(0)
+    y = hook(module, (out,), out)
+    kept = y[..., 0] != 0  # [B, L]
+    assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / (1 - p))))
+    assert torch.equal(y, y[..., :1].expand_as(y))  # a token's channels are dropped together
+    if mode == "token":
+        assert torch.equal(kept, kept[:1].expand_as(kept))  # shared over the batch
+        assert len(set(kept[0].tolist())) == 2  # but not over the tokens
+    else:
+        assert torch.equal(kept, kept[:, :1].expand_as(kept))  # shared over the tokens
+        assert len(set(kept[:, 0].tolist())) == 2
+    # expectation preserved: mean over many draws -> 1
+    torch.manual_seed(1)
+    big = torch.ones(64, 256, 1)
+    means = torch.stack([hook(module, (big,), big).mean() for _ in range(50)])
+    assert abs(means.mean().item() - 1.0) < 0.02
+    module.eval()
+    assert hook(module, (out,), out) is out
+
+
+def test_drop_path_token_mode_in_the_tower_is_shared_across_the_batch():
+    """With every image identical, token mode gives identical outputs for the batch (one mask for all)
+    and sample mode does not."""
+    torch.manual_seed(0)
+    clip = build_clip("clamp-tiny-vit", None, 64)
+    x = torch.randn(1, 3, 64, 64).expand(6, -1, -1, -1)
+    for mode, same in (("token", True), ("sample", False)):
+        tower = DenseImageTower("clamp-tiny-vit", None, 64, drop_path_rate=0.9, drop_path_mode=mode,
+                                clip_model=clip).train()
+        torch.manual_seed(2)
+        with torch.no_grad():
+            fmap = tower(x)[0]
+        assert torch.allclose(fmap, fmap[:1].expand_as(fmap), atol=1e-6) == same, mode
+
+
+def test_class_embedding_twice():
+    """The official ViT's class token: class_embedding + (positional_embedding[0] + class_embedding)."""
+    torch.manual_seed(0)
+    clip = build_clip("clamp-tiny-vit", None, 64).eval()
+    once = DenseImageTower("clamp-tiny-vit", None, 64, clip_model=clip).eval()
+    twice = DenseImageTower("clamp-tiny-vit", None, 64, class_embedding_twice=True, clip_model=clip).eval()
+    x = torch.randn(2, 3, 64, 64)
+    v = clip.visual
+    with torch.no_grad():
+        plain, official = once(x), twice(x)
+        assert not torch.allclose(official[1], plain[1])
+        original = v.positional_embedding.clone()
+        v.positional_embedding[0] += v.class_embedding  # fold the second addition into the table
+        for a, b in zip(once(x), official):
+            torch.testing.assert_close(a, b)
+        v.positional_embedding.copy_(original)
+    with pytest.raises(ValueError, match="ViT towers only"):
+        DenseImageTower("clamp-tiny-rn", None, 128, class_embedding_twice=True)
+
+
+def test_text_heads_override():
+    base = build_clip("clamp-tiny-vit", None, 64)
+    other = build_clip("clamp-tiny-vit", None, 64, text_heads=4)
+    assert base.transformer.resblocks[0].attn.num_heads == 2
+    assert other.transformer.resblocks[0].attn.num_heads == 4
+    assert {k: v.shape for k, v in base.state_dict().items()} == {k: v.shape for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError, match="does not divide"):
+        build_clip("clamp-tiny-vit", None, 64, text_heads=5)
 
 
 def test_text_tower_is_frozen_and_stays_in_eval():
