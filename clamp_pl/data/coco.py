@@ -133,6 +133,11 @@ def _record(ann_id: int | None, image_id: int | None, category_id: int | None) -
     return f"category {category_id}"
 
 
+def _first_name_difference(names: list[Any], layout: tuple[str, ...]) -> int | None:
+    """Index of the first keypoint name that differs from the layout's (stray whitespace ignored), or None."""
+    return next((i for i, (a, b) in enumerate(zip(names, layout)) if str(a).strip() != b.strip()), None)
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -285,6 +290,10 @@ def load_coco_instances(
         elif len(names) != k:
             fail("keypoints", f"category defines {len(names)} keypoints, the '{meta.name}' layout has {k}",
                  category_id=cid)
+            bad_categories.add(cid)
+        elif (diff := _first_name_difference(names, meta.keypoint_names)) is not None:
+            fail("keypoints", f"keypoint {diff} is {names[diff]!r} but the '{meta.name}' layout has "
+                 f"{meta.keypoint_names[diff]!r} there (keypoint lists must match in order)", category_id=cid)
             bad_categories.add(cid)
         elif cid in categories:
             fail("id", "duplicate category id", category_id=cid)

@@ -139,7 +139,21 @@ def test_meta_validation():
         ("snout", "snout"),
         ("middle", "middle"),
         ("frontal", "frontal"),
-        ("spine1", "spine1"),
+        ("spine1", "spine 1"),
+        # names as found in public animal datasets: compact side markers, side last, glued words, whitespace
+        ("eyeL", "left eye"),
+        ("forelegR1", "right fore leg 1"),
+        ("hindlegL4", "left hind leg 4"),
+        ("LeftEar", "left ear"),
+        ("Eye_Left", "left eye"),
+        ("Mouth_Back_Right", "right mouth back"),
+        ("anttipL", "left antenna tip"),
+        ("wingR", "right wing"),
+        ("abdomen2", "abdomen 2"),
+        ("Nearfrontfetlock", "near front fetlock"),
+        ("Offhindhock", "off hind hock"),
+        ("  left_ear ", "left ear"),
+        ("forehead", "forehead"),
     ],
 )
 def test_name_to_prompt(name, prompt):
@@ -158,7 +172,8 @@ def test_meta_from_coco_reproduces_animalpose(test_data):
     assert derived.flip_indices == ref.flip_indices
     assert derived.skeleton == ref.skeleton
     assert derived.upper_body_ids == ref.upper_body_ids and derived.lower_body_ids == ref.lower_body_ids
-    np.testing.assert_array_equal(derived.sigmas, np.full(20, 0.072))
+    np.testing.assert_array_equal(derived.sigmas, ref.sigmas)  # a known layout gets its published sigmas
+    assert derived.provenance["sigmas"] == "published Animal-Pose values"
     assert derived.species == {1: "cat"} and derived.species_to_family == {1: "animal"}
 
 
@@ -184,7 +199,7 @@ def test_meta_from_coco_dlc_names_and_errors():
     with pytest.raises(ValueError, match="3 sigmas given for 4"):
         meta_from_coco({"categories": [cat]}, sigmas=[0.1] * 3)
     other = {**cat, "id": 2, "keypoints": ["a", "b"]}
-    with pytest.raises(ValueError, match="same non-empty 'keypoints'"):
+    with pytest.raises(ValueError, match=r"categories 1 \('mouse', 4 keypoints\) and 2 \('mouse', 2 keypoints\)"):
         meta_from_coco({"categories": [cat, other]})
     with pytest.raises(ValueError, match="no categories"):
         meta_from_coco({"categories": []})
