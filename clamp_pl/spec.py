@@ -1,0 +1,318 @@
+"""The model spec: everything a checkpoint needs to rebuild its network, codec and preprocessing, and to name
+the data it was trained on.
+
+A :class:`ModelSpec` is written into every checkpoint and model file as primitives (dicts, lists, numbers,
+strings, booleans and None), so ``torch.load(..., weights_only=True)`` reads it and nothing but torch, numpy and
+cv2 is needed to predict with it. Training, evaluation and inference all build from it:
+
+* :meth:`ModelSpec.build_network` -> the plain-torch :class:`clamp_pl.models.CLAMP`;
+* :meth:`ModelSpec.build_codec` -> the ONE :class:`clamp_pl.codecs.MSRAHeatmap` that makes the training targets
+  and decodes the predictions;
+* :meth:`ModelSpec.dataset_meta` -> the :class:`clamp_pl.data.metainfo.DatasetMeta` of the keypoints;
+* ``input_size``, ``mean``/``std`` and ``padding`` -> the crop of :func:`clamp_pl.data.transforms.crop_and_normalize`.
+
+Derived values (the feature grid, the heatmap size) are computed once, from the network, when the spec is built
+(:func:`network_geometry`), and recorded in it.
+
+No Lightning, Hydra or OmegaConf here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clamp_pl.data.metainfo import DatasetMeta
+
+__all__ = ["SPEC_VERSION", "Geometry", "ModelSpec", "meta_to_dict", "network_geometry"]
+
+#: bumped when a field changes meaning; :meth:`ModelSpec.from_dict` refuses newer versions
+SPEC_VERSION = 1
+_DECODE_MODES = ("default", "dark")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the network makes of a square ``image_size`` input: ``stride`` (input pixels per feature cell),
+    ``feature_grid`` (gw, gh) of the dense CLIP features and ``heatmap_size`` (w, h) = feature grid x 2**num_deconv.
+    """
+
+    stride: int
+    feature_grid: tuple[int, int]
+    heatmap_size: tuple[int, int]
+
+
+def network_geometry(clip_model: str, image_size: int, num_deconv: int) -> Geometry:
+    """The stride, feature grid and heatmap size of a CLAMP network, from its open_clip model config.
+
+    A ViT's stride is its patch size; a ModifiedResNet (CLIP RN50 and the package's tiny ``clamp-tiny-rn``)
+    always down-samples 32x. E.g. ViT-L/14 at 224 -> 16x16 grid -> 64x64 heatmaps with 2 deconvolutions.
+
+    Raises:
+        ValueError: the model is unknown to open_clip, is not a ViT or ModifiedResNet, or ``image_size`` is not a
+            multiple of the stride.
+    """
+    import open_clip
+
+    from clamp_pl.models import register_tiny_configs
+
+    register_tiny_configs()
+    cfg = open_clip.get_model_config(clip_model)
+    if cfg is None:
+        raise ValueError(f"model.net.clip_model={clip_model!r} is not an open_clip model config "
+                         f"(known: {', '.join(open_clip.list_models()[:8])}, ...)")
+    vision = cfg.get("vision_cfg", {})
+    if isinstance(vision.get("layers"), (list, tuple)):
+        stride = 32  # ModifiedResNet: stem /4, then three stride-2 stages
+    elif vision.get("patch_size"):
+        stride = int(vision["patch_size"])
+    else:
+        raise ValueError(f"{clip_model}: only ViT and ModifiedResNet image towers give dense CLAMP features")
+    image_size, num_deconv = int(image_size), int(num_deconv)
+    if image_size % stride:
+        raise ValueError(f"model.net.image_size={image_size} is not a multiple of {clip_model}'s stride {stride}")
+    grid = image_size // stride
+    side = grid * 2**num_deconv
+    return Geometry(stride, (grid, grid), (side, side))
+
+
+def _pair(v: Sequence[Any], what: str) -> tuple[int, int]:
+    if len(v) != 2 or any(int(x) <= 0 for x in v):
+        raise ValueError(f"spec {what} must be two positive integers, got {list(v)}")
+    return int(v[0]), int(v[1])
+
+
+def _plain(value: Any, where: str) -> Any:
+    """A copy made of dict/list/str/int/float/bool/None only (what ``weights_only=True`` loads); numpy scalars
+    and arrays become Python numbers and lists, tuples become lists. Anything else is an error naming ``where``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist(), where)
+    if isinstance(value, Mapping):
+        return {(k if isinstance(k, (str, int)) else str(k)): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"spec field {where}: {type(value).__name__} is not a primitive (dict, list, str, number, "
+                    "bool, None)")
+
+
+def meta_to_dict(meta: DatasetMeta) -> dict[str, Any]:
+    """A :class:`DatasetMeta` as primitives (the ``meta`` field of a spec)."""
+    return {
+        "name": meta.name,
+        "keypoint_names": list(meta.keypoint_names),
+        "prompts": list(meta.prompts),
+        "flip_indices": [int(i) for i in meta.flip_indices],
+        "sigmas": [float(s) for s in meta.sigmas],
+        "skeleton": [[int(a), int(b)] for a, b in meta.skeleton],
+        "upper_body_ids": [int(i) for i in meta.upper_body_ids],
+        "lower_body_ids": [int(i) for i in meta.lower_body_ids],
+        "joint_weights": [float(w) for w in meta.joint_weights],
+        "species": {int(k): str(v) for k, v in meta.species.items()},
+        "species_to_family": {int(k): str(v) for k, v in meta.species_to_family.items()},
+    }
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a trained CLAMP model is, apart from its weights.
+
+    Attributes:
+        net: keyword arguments of :class:`clamp_pl.models.CLAMP` except ``prompts`` and ``heatmap_size`` (those
+            come from ``meta`` and ``heatmap_size``): ``clip_model``, ``pretrained``, ``image_size``, ...
+        input_size: network input (W, H) in pixels (``(image_size, image_size)``).
+        feature_grid: (gw, gh) of the image tower's dense features (the feature-loss targets live on it).
+        heatmap_size: (w, h) of the predicted heatmaps.
+        normalization: name of the mean/std pair (``"imagenet"``, ``"clip"``) or ``"custom"``.
+        mean, std: RGB, on the [0, 1] scale: the crop is ``(pixel / 255 - mean) / std``.
+        padding: the crop box is the object box with the aspect ratio fixed to W/H, times ``padding``.
+        sigma: Gaussian sigma of the heatmap targets, in heatmap pixels.
+        decode: ``"default"`` (arg-max + quarter-pixel step) or ``"dark"`` (DARK: unbiased targets and
+            Taylor-refined decoding, mmpose ``MSRAHeatmap(unbiased=True)``).
+        shift_heatmap: flip test shifts the flipped heatmaps one pixel right (non-UDP codecs).
+        flip_test: average with the horizontally flipped crop at test time (the default of eval and inference).
+        meta: the keypoint layout (:func:`meta_to_dict`).
+        data: the data the model was trained on: ``{"name": datamodule name, "config": {"_target_": ...,
+            files/root, split, protocol, ...}}`` (the resolved ``data`` config, without the preprocessing above).
+        version: :data:`SPEC_VERSION` of the writer.
+    """
+
+    net: dict[str, Any]
+    input_size: tuple[int, int]
+    feature_grid: tuple[int, int]
+    heatmap_size: tuple[int, int]
+    normalization: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    padding: float
+    sigma: float
+    decode: str
+    shift_heatmap: bool
+    flip_test: bool
+    meta: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)
+    version: int = SPEC_VERSION
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "net", _plain(dict(self.net), "net"))
+        set_(self, "input_size", _pair(self.input_size, "input_size"))
+        set_(self, "feature_grid", _pair(self.feature_grid, "feature_grid"))
+        set_(self, "heatmap_size", _pair(self.heatmap_size, "heatmap_size"))
+        set_(self, "meta", _plain(dict(self.meta), "meta"))
+        set_(self, "data", _plain(dict(self.data), "data"))
+        problems = []
+        for key in ("clip_model", "image_size"):
+            if key not in self.net:
+                problems.append(f"net has no {key!r}")
+        for key in ("prompts", "heatmap_size"):
+            if key in self.net:
+                problems.append(f"net must not hold {key!r} (it comes from the spec's meta / heatmap_size)")
+        if "image_size" in self.net and self.input_size != (int(self.net["image_size"]),) * 2:
+            problems.append(f"input_size {self.input_size} != net.image_size {self.net['image_size']} (square)")
+        for what in ("mean", "std"):
+            vals = tuple(float(v) for v in getattr(self, what))
+            if len(vals) != 3 or not all(math.isfinite(v) for v in vals):
+                problems.append(f"{what} must be 3 finite numbers, got {getattr(self, what)}")
+            set_(self, what, vals)
+        if any(s <= 0 for s in self.std):
+            problems.append(f"std must be > 0, got {self.std}")
+        if not float(self.padding) > 0:
+            problems.append(f"padding must be > 0, got {self.padding}")
+        if not float(self.sigma) > 0:
+            problems.append(f"sigma must be > 0, got {self.sigma}")
+        if self.decode not in _DECODE_MODES:
+            problems.append(f"decode must be one of {_DECODE_MODES}, got {self.decode!r}")
+        set_(self, "padding", float(self.padding))
+        set_(self, "sigma", float(self.sigma))
+        set_(self, "shift_heatmap", bool(self.shift_heatmap))
+        set_(self, "flip_test", bool(self.flip_test))
+        if problems:
+            raise ValueError("invalid model spec: " + "; ".join(problems))
+        self.dataset_meta()  # validates the keypoint layout (DatasetMeta's checks)
+
+    # ------------------------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives only (``torch.load(weights_only=True)`` and YAML/JSON can hold it)."""
+        return {
+            "version": self.version,
+            "net": dict(self.net),
+            "input_size": list(self.input_size),
+            "feature_grid": list(self.feature_grid),
+            "heatmap_size": list(self.heatmap_size),
+            "normalization": {"name": self.normalization, "mean": list(self.mean), "std": list(self.std)},
+            "padding": self.padding,
+            "codec": {"sigma": self.sigma, "decode": self.decode, "shift_heatmap": self.shift_heatmap},
+            "test": {"flip_test": self.flip_test},
+            "meta": dict(self.meta),
+            "data": dict(self.data),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelSpec:
+        """The inverse of :meth:`to_dict`; errors name the missing or bad field."""
+        version = int(d.get("version", 0))
+        if version > SPEC_VERSION:
+            raise ValueError(f"model spec version {version} is newer than this clamp_pl reads ({SPEC_VERSION}): "
+                             "update clamp_pl")
+        try:
+            norm, codec, test = d["normalization"], d["codec"], d["test"]
+            meta = dict(d["meta"])
+            # int category ids may come back as strings from JSON/YAML
+            for key in ("species", "species_to_family"):
+                meta[key] = {int(k): v for k, v in (meta.get(key) or {}).items()}
+            return cls(
+                net=dict(d["net"]),
+                input_size=tuple(d["input_size"]),
+                feature_grid=tuple(d["feature_grid"]),
+                heatmap_size=tuple(d["heatmap_size"]),
+                normalization=str(norm["name"]),
+                mean=tuple(norm["mean"]),
+                std=tuple(norm["std"]),
+                padding=float(d["padding"]),
+                sigma=float(codec["sigma"]),
+                decode=str(codec["decode"]),
+                shift_heatmap=bool(codec["shift_heatmap"]),
+                flip_test=bool(test["flip_test"]),
+                meta=meta,
+                data=dict(d.get("data") or {}),
+                version=SPEC_VERSION,
+            )
+        except KeyError as e:
+            raise ValueError(f"model spec has no field {e.args[0]!r} (fields: {sorted(d)})") from None
+
+    # ------------------------------------------------------------------------------------ builders
+    def dataset_meta(self) -> DatasetMeta:
+        """The keypoint layout as a :class:`DatasetMeta` (validated)."""
+        m = self.meta
+        try:
+            return DatasetMeta(
+                name=str(m["name"]),
+                keypoint_names=tuple(m["keypoint_names"]),
+                prompts=tuple(m["prompts"]),
+                flip_indices=tuple(int(i) for i in m["flip_indices"]),
+                sigmas=np.asarray(m["sigmas"], dtype=np.float64),
+                skeleton=tuple((int(a), int(b)) for a, b in m["skeleton"]),
+                upper_body_ids=tuple(int(i) for i in m["upper_body_ids"]),
+                lower_body_ids=tuple(int(i) for i in m["lower_body_ids"]),
+                joint_weights=np.asarray(m["joint_weights"], dtype=np.float64),
+                species={int(k): str(v) for k, v in m.get("species", {}).items()},
+                species_to_family={int(k): str(v) for k, v in m.get("species_to_family", {}).items()},
+            )
+        except KeyError as e:
+            raise ValueError(f"model spec meta has no field {e.args[0]!r} (fields: {sorted(m)})") from None
+
+    def build_codec(self):
+        """The heatmap codec (:class:`clamp_pl.codecs.MSRAHeatmap`): targets in training, decoding at test."""
+        from clamp_pl.codecs import MSRAHeatmap
+
+        return MSRAHeatmap(input_size=self.input_size, heatmap_size=self.heatmap_size, sigma=self.sigma,
+                           unbiased=self.decode == "dark")
+
+    def build_network(self, load_pretrained: bool = False):
+        """The plain-torch :class:`clamp_pl.models.CLAMP` of this spec.
+
+        Args:
+            load_pretrained: load ``net.pretrained`` (an open_clip tag or file) into the CLIP towers: only to
+                start a training run. Off, the towers are randomly initialised, to be overwritten by a
+                checkpoint's weights: nothing is read or downloaded.
+        """
+        from clamp_pl.models import CLAMP
+
+        kwargs = dict(self.net)
+        if not load_pretrained:
+            kwargs["pretrained"] = None
+        net = CLAMP(prompts=list(self.meta["prompts"]), heatmap_size=self.heatmap_size, **kwargs)
+        grid = net.feature_grid[::-1]  # (gh, gw) -> (gw, gh)
+        if tuple(grid) != self.feature_grid:
+            raise ValueError(f"spec feature_grid {self.feature_grid} but the network's is {tuple(grid)}")
+        return net
+
+    # ------------------------------------------------------------------------------------ views
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.meta["prompts"])
+
+    @property
+    def flip_indices(self) -> list[int]:
+        return list(self.meta["flip_indices"])
+
+    @property
+    def data_name(self) -> str:
+        """The name of the datamodule the model was trained on (``""`` when unknown)."""
+        return str(self.data.get("name", ""))
+
+    def with_flip_test(self, flip_test: bool) -> ModelSpec:
+        """A copy with another test-time flip default."""
+        d = self.to_dict()
+        d["test"]["flip_test"] = bool(flip_test)
+        return ModelSpec.from_dict(d)
