@@ -10,7 +10,9 @@ Pure functions over lists of instance records. Only four attributes are read, so
   ``(seed, category_id)``, so the draw of one species does not depend on which other species are present,
   and a k-shot set is contained in the (k+n)-shot set of the same seed. The chosen annotation ids are
   written to a JSON split file that is reused (not redrawn) when it exists, so a few-shot run can be
-  repeated or shared exactly.
+  repeated or shared exactly. With ``families`` / ``species`` every split keeps only those taxa: few-shot
+  on a family a model has never seen (a zero-shot split's held-out family). The k-shot draw is made on the whole
+  training split and then restricted, so the split file is the same with and without them.
 * ``zeroshot``: held-out families and/or species (AP-10K default: Equidae, i.e. horse and zebra, the
   family CLAMP reports). Training and validation keep only seen taxa; the test split keeps only the
   held-out ones. Validation deliberately excludes held-out taxa, so checkpoint selection never looks at
@@ -139,7 +141,7 @@ def _held_out_predicate(instances: Sequence[_Record], families: Sequence[str], s
     ]
     if missing:
         raise ValueError(
-            f"zero-shot held-out taxa {missing} do not occur in the data; families present: "
+            f"protocol taxa {missing} do not occur in the data; families present: "
             f"{sorted(present_families)}; species present: {sorted(present_species)}"
         )
     family_set = set(families)
@@ -189,7 +191,8 @@ def apply_protocol(name: str, train: Iterable[T], val: Iterable[T], test: Iterab
     """Apply protocol ``name`` to the three splits.
 
     ``supervised`` takes no options; ``fewshot`` takes ``shots``, ``seed``, ``split_file`` and subsamples
-    only the training split; ``zeroshot`` takes ``held_out_families`` / ``held_out_species`` (default
+    only the training split, and ``families`` / ``species`` (names; species also by category id) to keep only
+    those taxa in all three splits; ``zeroshot`` takes ``held_out_families`` / ``held_out_species`` (default
     ``held_out_families=("Equidae",)``), keeps seen taxa in train and val and held-out taxa in test.
     """
     train, val, test = list(train), list(val), list(test)
@@ -198,7 +201,13 @@ def apply_protocol(name: str, train: Iterable[T], val: Iterable[T], test: Iterab
             raise TypeError(f"protocol 'supervised' takes no options, got {sorted(kw)}")
         return supervised(train), supervised(val), supervised(test)
     if name == "fewshot":
-        return fewshot(train, **kw), val, test
+        families = tuple(kw.pop("families", None) or ())
+        species = tuple(kw.pop("species", None) or ())
+        train = fewshot(train, **kw)
+        if not families and not species:
+            return train, val, test
+        keep = _held_out_predicate(train + val + test, families, species)
+        return [i for i in train if keep(i)], [i for i in val if keep(i)], [i for i in test if keep(i)]
     if name == "zeroshot":
         unexpected = set(kw) - {"held_out_families", "held_out_species"}
         if unexpected:

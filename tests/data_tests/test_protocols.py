@@ -115,6 +115,22 @@ def test_zeroshot_species_by_name_or_id_and_errors():
         zeroshot(train, test)
 
 
+
+def test_fewshot_on_chosen_taxa_every_split_same_split_file(tmp_path):
+    train, val, test = make(), make(50_000), make(100_000)
+    path = tmp_path / "s.json"
+    tr, va, te = apply_protocol("fewshot", train, val, test, shots=3, seed=0, split_file=path, families=["Equidae"])
+    assert Counter(r.species for r in tr) == {"horse": 3, "zebra": 3}
+    assert {r.family for r in va} == {r.family for r in te} == {"Equidae"}
+    assert len(te) == sum(r.family == "Equidae" for r in test)
+    # the k-shot draw of the whole split, restricted: one split file serves both
+    full, _, _ = apply_protocol("fewshot", train, val, test, shots=3, seed=0, split_file=path)
+    assert [r for r in full if r.family == "Equidae"] == tr
+    tr, _, te = apply_protocol("fewshot", train, val, test, shots=3, seed=0, species=["zebra", 24])
+    assert {r.species for r in tr} == {r.species for r in te} == {"zebra", "cat"}
+    with pytest.raises(ValueError, match="Equidea.*Equidae"):
+        apply_protocol("fewshot", train, val, test, shots=3, seed=0, families=["Equidea"])
+
 def test_apply_protocol_dispatch(tmp_path):
     train, val, test = make(), make(50_000), make(100_000)
     assert apply_protocol("supervised", train, val, test) == (train, val, test)
