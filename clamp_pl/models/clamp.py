@@ -70,7 +70,8 @@ class CLAMP(nn.Module):
 
     Official-code switches: ``drop_path_mode`` (``"token"``: the official per-token stochastic depth, or
     ``"sample"``), ``class_embedding_twice`` (the official ViT class token; on for imported official weights),
-    ``text_heads`` (text-transformer heads, None = the CLIP config's; the official ViT-L/14 used 8).
+    ``text_heads`` (text-transformer heads, None = the CLIP config's; the official ViT-L/14 used 8),
+    ``text_context_length`` (text positions kept, None = CLIP's 77; the official 13, which its checkpoints store).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class CLAMP(nn.Module):
         drop_path_mode: str = "token",
         class_embedding_twice: bool = False,
         text_heads: int | None = None,
+        text_context_length: int | None = None,
         heatmap_size: tuple[int, int] = (64, 64),
         quick_gelu: bool | None = None,
         truncate_prompts: bool = True,
@@ -142,7 +144,11 @@ class CLAMP(nn.Module):
         self.logit_scale: nn.Parameter | None = None
         if text_branch:
             self.prompt_learner = PromptLearner(
-                TextTower(clip, clip_model), list(prompts), n_ctx, ctx_init_std, truncate_prompts
+                TextTower(clip, clip_model, text_context_length),
+                list(prompts),
+                n_ctx,
+                ctx_init_std,
+                truncate_prompts,
             )
             dt = self.prompt_learner.embed_dim
             if dt != d:

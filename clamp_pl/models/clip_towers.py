@@ -435,7 +435,9 @@ class TextTower(nn.Module):
     pass runs.
     """
 
-    def __init__(self, clip_model: nn.Module, model_name: str) -> None:
+    def __init__(self, clip_model: nn.Module, model_name: str, context_length: int | None = None) -> None:
+        """``context_length``: keep only the first N positions (official CLAMP: 13, what its checkpoints store);
+        longer prompts are then an error. None keeps CLIP's (77)."""
         super().__init__()
         src = getattr(clip_model, "text", clip_model)  # CustomTextCLIP keeps the tower under .text
         pool_type = getattr(src, "text_pool_type", getattr(src, "pool_type", "argmax"))
@@ -446,10 +448,17 @@ class TextTower(nn.Module):
         self.model_name = model_name
         self.token_embedding = src.token_embedding
         self.positional_embedding = src.positional_embedding
+        attn_mask = src.attn_mask
+        full = self.positional_embedding.shape[0]
+        if context_length is not None and context_length != full:
+            if not 0 < context_length < full:
+                raise ValueError(f"text context_length must be in 1..{full}, got {context_length}")
+            self.positional_embedding = nn.Parameter(self.positional_embedding.detach()[:context_length].clone())
+            attn_mask = attn_mask[:context_length, :context_length]
         self.transformer = src.transformer
         self.ln_final = src.ln_final
         self.text_projection = src.text_projection
-        self.register_buffer("attn_mask", src.attn_mask.clone(), persistent=False)
+        self.register_buffer("attn_mask", attn_mask.clone(), persistent=False)
         self.context_length = self.positional_embedding.shape[0]
         self.width = self.token_embedding.embedding_dim
         if self.text_projection is None:

@@ -1,0 +1,249 @@
+"""Importing the authors' checkpoints: a tiny CLAMP written out in the official (mmpose) layout by this file's
+own key table, converted back, gives the same outputs; bad keys and shapes are named; files load safely."""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from clamp_pl.models import CLAMP
+from clamp_pl.models.official import (
+    UnsafeCheckpointError,
+    convert_state_dict,
+    describe,
+    load_checkpoint_file,
+    official_net_kwargs,
+)
+
+# longest name 3 BPE tokens: SOT + 8 context + 3 + EOT = 13 positions, the official text context
+PROMPTS = ["left eye", "nose", "tail root", "left front paw", "right back paw"]
+K = len(PROMPTS)
+TINY = {
+    "clamp-tiny-vit": dict(image_size=64, heatmap_size=(16, 16), class_embedding_twice=True),
+    "clamp-tiny-rn": dict(image_size=128, heatmap_size=(32, 32), num_deconv=3, upconv_num_deconv=3,
+                          upconv_channels=16),
+}
+BLOCK = ["attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
+         "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias",
+         "ln_2.weight", "ln_2.bias"]
+BN = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+ATTN = ["q_proj.weight", "k_proj.weight", "v_proj.weight", "proj.weight", "proj.bias"]
+
+
+def make(name: str, seed: int = 0, **kw) -> CLAMP:
+    torch.manual_seed(seed)
+    args = dict(clip_model=name, pretrained=None, prompts=PROMPTS, decoder_width=32, decoder_layers=2,
+                text_context_length=13, **TINY[name])
+    args.update(kw)
+    return CLAMP(**args)
+
+
+def official_keys(name: str, decoder_layers: int = 2, num_deconv: int = 2) -> dict[str, str]:
+    """Official parameter name -> CLAMP parameter name, written from the official modules (mmpose CLAMP
+    detector, CLIPVisionTransformer / CLIPResNetWithAttention, CLIPTextContextEncoder,
+    PromptEncoderWithoutPositionemb, ContextDecoder, TopdownHeatmapSimpleHead) for a model of this shape."""
+    cfg = open_clip.get_model_config(name)
+    table: dict[str, str] = {}
+    vis = "image_tower.visual."
+    if name.endswith("vit"):
+        for leaf in ["conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias",
+                     "ln_post.weight", "ln_post.bias", "proj"]:
+            table[f"backbone.{leaf}"] = vis + leaf
+        for i in range(cfg["vision_cfg"]["layers"]):
+            for leaf in BLOCK:
+                table[f"backbone.transformer.resblocks.{i}.{leaf}"] = f"{vis}transformer.resblocks.{i}.{leaf}"
+    else:
+        for j in (1, 2, 3):
+            table[f"backbone.conv{j}.weight"] = f"{vis}conv{j}.weight"
+            for leaf in BN:
+                table[f"backbone.bn{j}.{leaf}"] = f"{vis}bn{j}.{leaf}"
+        for stage, blocks in enumerate(cfg["vision_cfg"]["layers"], start=1):
+            for b in range(blocks):
+                pre = f"layer{stage}.{b}."
+                for j in (1, 2, 3):
+                    table[f"backbone.{pre}conv{j}.weight"] = f"{vis}{pre}conv{j}.weight"
+                    for leaf in BN:
+                        table[f"backbone.{pre}bn{j}.{leaf}"] = f"{vis}{pre}bn{j}.{leaf}"
+                if b == 0:  # every first block changes width or stride here
+                    table[f"backbone.{pre}downsample.0.weight"] = f"{vis}{pre}downsample.0.weight"
+                    for leaf in BN:
+                        table[f"backbone.{pre}downsample.1.{leaf}"] = f"{vis}{pre}downsample.1.{leaf}"
+        for proj in ["q_proj", "k_proj", "v_proj", "c_proj"]:
+            for leaf in ["weight", "bias"]:
+                table[f"backbone.attnpool.{proj}.{leaf}"] = f"{vis}attnpool.{proj}.{leaf}"
+        table["backbone.attnpool.positional_embedding"] = f"{vis}attnpool.positional_embedding"
+    txt = "prompt_learner.text_tower."
+    for leaf in ["token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias",
+                 "text_projection"]:
+        table[f"text_encoder.{leaf}"] = txt + leaf
+    for i in range(cfg["text_cfg"]["layers"]):
+        for leaf in BLOCK:
+            table[f"text_encoder.transformer.resblocks.{i}.{leaf}"] = f"{txt}transformer.resblocks.{i}.{leaf}"
+    for leaf in BLOCK:
+        table[f"prompt_encoder.transformer.resblocks.0.{leaf}"] = f"prompt_encoder.block.{leaf}"
+    table["prompt_encoder.ln_final.weight"] = "prompt_encoder.ln.weight"
+    table["prompt_encoder.ln_final.bias"] = "prompt_encoder.ln.bias"
+    cd = "context_decoder."
+    for mod, idx in [("memory_proj", (0, 1, 2)), ("text_proj", (0, 1)), ("out_proj", (0, 1))]:
+        for i in idx:
+            for leaf in ["weight", "bias"]:
+                table[f"{cd}{mod}.{i}.{leaf}"] = f"{cd}{mod}.{i}.{leaf}"
+    for i in range(decoder_layers):
+        for attn in ["self_attn", "cross_attn"]:
+            for leaf in ATTN:
+                table[f"{cd}decoder.{i}.{attn}.{leaf}"] = f"{cd}decoder.{i}.{attn}.{leaf}"
+        for leaf in ["norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "norm3.weight", "norm3.bias",
+                     "mlp.0.weight", "mlp.0.bias", "mlp.3.weight", "mlp.3.bias"]:
+            table[f"{cd}decoder.{i}.{leaf}"] = f"{cd}decoder.{i}.{leaf}"
+    for official, ours in [("keypoint_head", "keypoint_head"), ("upconv_head", "upsample_head")]:
+        for d in range(num_deconv):
+            table[f"{official}.deconv_layers.{3 * d}.weight"] = f"{ours}.deconv_layers.{3 * d}.weight"
+            for leaf in BN:
+                table[f"{official}.deconv_layers.{3 * d + 1}.{leaf}"] = f"{ours}.deconv_layers.{3 * d + 1}.{leaf}"
+        for leaf in ["weight", "bias"]:
+            table[f"{official}.final_layer.{leaf}"] = f"{ours}.final_layer.{leaf}"
+    table["gamma"] = "gamma"
+    table["logit_scale"] = "logit_scale"
+    table["contexts"] = "prompt_learner.ctx"
+    return table
+
+
+def to_official(model: CLAMP, name: str, num_deconv: int) -> dict[str, torch.Tensor]:
+    """The model's weights under the official names, plus the official parameters CLAMP does not have."""
+    ours = model.state_dict()
+    table = official_keys(name, num_deconv=num_deconv)
+    assert sorted(table.values()) == sorted(ours), "the key table covers every CLAMP parameter exactly once"
+    sd = {official: ours[mine].clone() for official, mine in table.items()}
+    sd["contexts"] = sd["contexts"].unsqueeze(0)  # official [1, n_ctx, width]
+    d, w = model.image_tower.embed_dim, model.prompt_learner.text_tower.width
+    sd["text_projection"] = torch.randn(d, d)
+    sd["prompt_encoder.positional_embedding"] = torch.randn(K, d)
+    sd["prompt_encoder.text_projection"] = torch.randn(w, d)
+    return sd
+
+
+@pytest.mark.parametrize("name,num_deconv", [("clamp-tiny-vit", 2), ("clamp-tiny-rn", 3)])
+def test_official_layout_converts_to_equal_outputs(name, num_deconv):
+    src = make(name, seed=0).eval()
+    official = to_official(src, name, num_deconv)
+    dst = make(name, seed=1).eval()
+    converted = convert_state_dict({"meta": {}, "state_dict": official}, expected=dst.state_dict())
+    assert set(converted) == set(dst.state_dict())  # every CLAMP key filled, nothing left over
+    assert set(converted.dropped) == {"text_projection", "prompt_encoder.positional_embedding",
+                                      "prompt_encoder.text_projection"}
+    dst.load_state_dict(converted, strict=True)
+    x = torch.randn(2, 3, src.image_tower.image_size, src.image_tower.image_size)
+    with torch.no_grad():
+        a, b = src(x), dst(x)
+    for key in ("heatmaps", "score_maps", "prompt_embeddings"):
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0)
+
+
+def test_describe_and_official_net_kwargs_rebuild_the_network():
+    official = to_official(make("clamp-tiny-vit"), "clamp-tiny-vit", 2)
+    info = describe(official)
+    assert (info["kind"], info["image_size"], info["n_ctx"], info["text_context_length"], info["num_keypoints"],
+            info["decoder_width"], info["decoder_layers"], info["num_deconv"]) == ("vit", 64, 8, 13, K, 32, 2, 2)
+    assert info["clip_model"] is None  # not a released tower
+    kwargs = official_net_kwargs(official, "clamp-tiny-vit")
+    assert kwargs["class_embedding_twice"] and kwargs["text_heads"] is None
+    model = CLAMP(clip_model="clamp-tiny-vit", pretrained=None, prompts=PROMPTS, heatmap_size=(16, 16), **kwargs)
+    convert_state_dict(official, expected=model.state_dict())
+    rn = official_net_kwargs(to_official(make("clamp-tiny-rn"), "clamp-tiny-rn", 3), "clamp-tiny-rn")
+    assert not rn["class_embedding_twice"] and rn["image_size"] == 128 and rn["upconv_channels"] == 16
+
+
+def test_released_tower_is_recognised_and_a_wrong_model_named():
+    sd = {"backbone.class_embedding": torch.zeros(1024), "backbone.conv1.weight": torch.zeros(1024, 3, 14, 14),
+          "backbone.positional_embedding": torch.zeros(257, 1), "contexts": torch.zeros(1, 8, 768),
+          "text_encoder.positional_embedding": torch.zeros(13, 768),
+          "keypoint_head.final_layer.weight": torch.zeros(17, 256, 1, 1),
+          "context_decoder.memory_proj.1.weight": torch.zeros(256, 768)}
+    sd.update({f"backbone.transformer.resblocks.{i}.ln_1.weight": torch.zeros(1) for i in range(24)})
+    info = describe(sd)
+    assert info["clip_model"] == "ViT-L-14" and info["image_size"] == 224
+    assert official_net_kwargs(sd, "ViT-L-14")["text_heads"] == 8
+    with pytest.raises(ValueError, match="ViT-L-14 CLAMP but model.net.clip_model is 'ViT-B-16'"):
+        official_net_kwargs(sd, "ViT-B-16")
+
+
+def test_unknown_keys_are_named_with_shapes():
+    official = to_official(make("clamp-tiny-vit"), "clamp-tiny-vit", 2)
+    official["prompt_encoder.transformer.resblocks.1.ln_1.weight"] = torch.zeros(64)
+    official["head.extra"] = torch.zeros(7, 3)
+    with pytest.raises(KeyError) as err:
+        convert_state_dict(official)
+    assert "prompt_encoder.transformer.resblocks.1.ln_1.weight [64]" in str(err.value)
+    assert "head.extra [7, 3]" in str(err.value)
+    # under a known prefix but not in the model (an FPN the released configs switch off): named both ways
+    official = to_official(make("clamp-tiny-vit"), "clamp-tiny-vit", 2)
+    official["backbone.fpn1.0.weight"] = torch.zeros(7, 3)
+    with pytest.raises(ValueError, match=r"does not have: image_tower\.visual\.fpn1\.0\.weight \(official "
+                                         r"backbone\.fpn1\.0\.weight\) \[7, 3\]"):
+        convert_state_dict(official, expected=make("clamp-tiny-vit").state_dict())
+
+
+def test_wrong_shapes_and_unfilled_parameters_are_named():
+    official = to_official(make("clamp-tiny-vit"), "clamp-tiny-vit", 2)
+    target = make("clamp-tiny-vit", n_ctx=4, text_context_length=9).state_dict()
+    with pytest.raises(ValueError) as err:
+        convert_state_dict(official, expected=target)
+    message = str(err.value)
+    assert "prompt_learner.ctx (official contexts) [8, 64] vs [4, 64]" in message
+    assert "prompt_learner.text_tower.positional_embedding (official text_encoder.positional_embedding) [13, 64]" \
+           " vs [9, 64]" in message
+    del official["gamma"]
+    with pytest.raises(ValueError, match=r"does not fill: gamma \[64\]"):
+        convert_state_dict(official, expected=make("clamp-tiny-vit").state_dict())
+    official["contexts"] = torch.zeros(8, 64)
+    with pytest.raises(ValueError, match=r"'contexts' should be \[1, n_ctx, width\], got \[8, 64\]"):
+        convert_state_dict(official)
+
+
+def mmpose_checkpoint(state_dict, **meta_extra):
+    """What mmcv 1.4's save_checkpoint writes: meta (versions, config text, numpy scores), weights, optimiser."""
+    meta = {"mmcv_version": "1.4.0", "time": "Tue Jun 27 10:00:00 2023", "config": "model = dict(type='CLAMP')",
+            "epoch": 210, "iter": 11550, "seed": np.int64(0),
+            "hook_msgs": {"best_score": np.float64(0.747), "best_ckpt": "work_dirs/best_AP_epoch_210.pth"},
+            "env_info": "sys.platform: linux", "flops": np.array([1.5, 2.5], dtype=np.float32),
+            "dtype": np.dtype("float32"), **meta_extra}
+    sd = collections.OrderedDict(("module." + k, v) for k, v in state_dict.items())
+    return {"meta": meta, "state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 5e-6}]}}
+
+
+def test_mmpose_checkpoint_with_numpy_meta_loads_safely(tmp_path):
+    src = make("clamp-tiny-vit").eval()
+    path = tmp_path / "best_AP_epoch_210.pth"
+    torch.save(mmpose_checkpoint(to_official(src, "clamp-tiny-vit", 2)), path)
+    ckpt = load_checkpoint_file(path)
+    assert ckpt["meta"]["hook_msgs"]["best_score"] == pytest.approx(0.747)
+    np.testing.assert_array_equal(ckpt["meta"]["flops"], [1.5, 2.5])
+    dst = make("clamp-tiny-vit", seed=3).eval()
+    dst.load_state_dict(convert_state_dict(ckpt, expected=dst.state_dict()))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x)["heatmaps"], src(x)["heatmaps"], rtol=0, atol=0)
+
+
+def test_disallowed_pickled_type_is_refused_by_name(tmp_path, caplog):
+    path = tmp_path / "odd.pth"
+    torch.save(mmpose_checkpoint({"gamma": torch.zeros(2)}, args=argparse.Namespace(lr=1)), path)
+    with pytest.raises(UnsafeCheckpointError, match=r"refusing to unpickle argparse\.Namespace.*trust_checkpoint"):
+        load_checkpoint_file(path)
+    with caplog.at_level("WARNING"):
+        ckpt = load_checkpoint_file(path, trust_checkpoint=True)
+    assert ckpt["meta"]["args"].lr == 1 and "trust_checkpoint=true" in caplog.text
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_checkpoint_file(tmp_path / "missing.pth")
+
+
+def test_text_context_length_limits_the_prompts():
+    model = make("clamp-tiny-vit")
+    assert model.prompt_learner.text_tower.positional_embedding.shape == (13, 64)
+    with pytest.raises(ValueError, match="exceeds the text context length 13"):
+        model.set_prompts(["a very long keypoint name indeed"] * K)
