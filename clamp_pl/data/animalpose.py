@@ -35,6 +35,10 @@ Splits (mmpose's, as far as they can be reproduced):
   mmpose shuffles images in the order ``os.listdir`` returned its XML files, which depends on the file system,
   so its exact split cannot be reproduced; we shuffle images in ascending image-id order, which makes the
   split deterministic and documented.
+* Records that point at an image missing from ``images`` (the release has one: annotation 854, image_id 597)
+  cannot be placed: they are skipped, counted and listed (file, annotation index, image id) in
+  :attr:`AnimalPoseConversion.skipped`, which :func:`prepare_animalpose` writes to
+  ``annotations/animalpose_skipped.json``. Nothing else is dropped.
 * Annotation ids: mmpose numbers annotations in that same ``os.listdir`` order (train/val from 1,000,000, test
   from 0); we number them in (image id, release order) order with the same offsets, so ids are stable but do
   not equal mmpose's.
@@ -43,8 +47,10 @@ Splits (mmpose's, as far as they can be reproduced):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +59,10 @@ from PIL import Image
 
 from clamp_pl.data.metainfo import get_meta
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "AnimalPoseConversion",
     "MMPOSE_FROM_RELEASE",
     "RELEASE_KEYPOINTS",
     "convert_animalpose",
@@ -143,9 +152,28 @@ def split_trainval(image_ids: list[int], anns_per_image: dict[int, int], val_ins
     return train, val
 
 
+@dataclass
+class AnimalPoseConversion:
+    """The converted release: ``splits`` maps "train"/"val"/"test" to COCO dicts; ``skipped`` lists the release
+    records that could not be converted, one dict each (``file``, ``annotation`` = index in the release's
+    ``annotations``, ``image_id``, ``reason``)."""
+
+    splits: dict[str, dict]
+    skipped: list[dict] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images and instances per split."""
+        return {s: {"images": len(d["images"]), "instances": len(d["annotations"])} for s, d in self.splits.items()}
+
+
 def convert_animalpose(keypoints_json: str | Path | dict, images_dir: str | Path, *,
-                       val_instances: int = VAL_INSTANCES, seed: int = 0) -> dict[str, dict]:
-    """Convert the release (path to or content of ``keypoints.json``) to ``{"train", "val", "test"}`` COCO dicts."""
+                       val_instances: int = VAL_INSTANCES, seed: int = 0) -> AnimalPoseConversion:
+    """Convert the release (path to or content of ``keypoints.json``) to train/val/test COCO dicts.
+
+    Annotations whose ``image_id`` is not in ``images`` are skipped and listed; any other problem (unknown
+    species, malformed keypoints, a listed image missing on disk) raises, naming the file and the record.
+    """
     source = "keypoints.json" if isinstance(keypoints_json, dict) else str(keypoints_json)
     if isinstance(keypoints_json, dict):
         release = keypoints_json
@@ -177,10 +205,14 @@ def convert_animalpose(keypoints_json: str | Path | dict, images_dir: str | Path
         by_release_id[str(rid)] = img_id
 
     anns: list[tuple[int, int, dict]] = []
+    skipped: list[dict] = []
     for n, a in enumerate(release["annotations"]):
         where = f"{source}: annotation {n}"
         if str(a.get("image_id")) not in by_release_id:
-            raise ValueError(f"{where}: image_id {a.get('image_id')!r} is not in 'images'")
+            skipped.append({"file": source, "annotation": n, "image_id": a.get("image_id"),
+                            "reason": f"image_id {a.get('image_id')!r} is not in 'images'"})
+            log.warning("%s: image_id %r is not in 'images': skipped", where, a.get("image_id"))
+            continue
         if int(a.get("category_id", -1)) not in release_species:
             raise ValueError(f"{where}: category_id {a.get('category_id')!r} is not in 'categories'")
         img_id = by_release_id[str(a["image_id"])]
@@ -204,7 +236,7 @@ def convert_animalpose(keypoints_json: str | Path | dict, images_dir: str | Path
                                         val_instances, seed)
     test_ids = sorted(i for i in images if not is_voc[i])
     categories = _categories()
-    out = {}
+    out: dict[str, dict] = {}
     for split, ids in (("train", sorted(train_ids)), ("val", sorted(val_ids)), ("test", test_ids)):
         out[split] = {
             "info": {"description": f"Animal-Pose (Cao et al., ICCV 2019) {split} split, converted by "
@@ -214,15 +246,19 @@ def convert_animalpose(keypoints_json: str | Path | dict, images_dir: str | Path
             "annotations": [a for i in ids for a in per_image.get(i, [])],
             "categories": categories,
         }
-    return out
+    return AnimalPoseConversion(out, skipped)
 
 
 def prepare_animalpose(src: str | Path, out: str | Path | None = None, *, val_instances: int = VAL_INSTANCES,
-                       seed: int = 0) -> dict[str, Path]:
-    """Convert ``src/keypoints.json`` (images in ``src/images``) into ``out/annotations/animalpose_{split}.json``.
+                       seed: int = 0) -> tuple[dict[str, Path], AnimalPoseConversion]:
+    """Convert ``src/keypoints.json`` (images in ``src/images``) into ``out/annotations/animalpose_{split}.json``
+    plus ``out/annotations/animalpose_skipped.json`` (the skipped records and the split counts).
 
     ``out`` defaults to ``src``. When ``out`` differs, ``out/images`` is made a symlink to ``src/images`` so the
     output folder is the layout :class:`~clamp_pl.data.datamodule.AnimalPoseDataModule` reads.
+
+    Returns:
+        ``({"train", "val", "test": json, "images": folder, "skipped": json}, conversion)``.
     """
     src = Path(src)
     out = Path(out) if out is not None else src
@@ -233,16 +269,18 @@ def prepare_animalpose(src: str | Path, out: str | Path | None = None, *, val_in
                 f"{p} not found: download Animal-Pose Part I (keypoints.json + images/) from the README of "
                 f"https://github.com/noahcao/animal-pose-dataset into {src}"
             )
-    coco = convert_animalpose(ann_file, img_dir, val_instances=val_instances, seed=seed)
+    conversion = convert_animalpose(ann_file, img_dir, val_instances=val_instances, seed=seed)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     if out.resolve() != src.resolve() and not (out / "images").exists():
         (out / "images").symlink_to(img_dir.resolve(), target_is_directory=True)
     paths = {}
-    for split, data in coco.items():
+    for split, data in conversion.splits.items():
         path = out / "annotations" / f"animalpose_{split}.json"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)
         paths[split] = path
     paths["images"] = out / "images"
-    return paths
+    paths["skipped"] = out / "annotations" / "animalpose_skipped.json"
+    paths["skipped"].write_text(json.dumps({"counts": conversion.counts, "skipped": conversion.skipped}, indent=1))
+    return paths, conversion

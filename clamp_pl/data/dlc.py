@@ -9,19 +9,23 @@ A DeepLabCut (DLC) project keeps its labels per video in ``labeled-data/<video>/
 
 Rows start with the frame path, either in one column (``labeled-data/m4s1/img0000.png``) or, since DLC 2.3, in
 three index columns (``labeled-data``, ``m4s1``, ``img0000.png``). Empty cells mean "not labelled".
+lightning-pose projects keep the same format in one ``CollectedData.csv`` at the project root, covering every
+video: pass that file.
 
-Conversion (:func:`dlc_to_coco`): one category (name configurable, ``keypoints`` = the body-part names,
-``skeleton`` from ``config.yaml`` when it defines one), ``v = 2`` for labelled and ``x = y = v = 0`` for
-unlabelled keypoints, and a box from the labelled keypoints plus a margin (``margin`` x the larger side of
-their extent on every side, at least ``min_margin`` px) clipped to the image. Frames of one video are nearly
-identical neighbours, so val/test are CONTIGUOUS blocks of the frame list (sorted by path) rather than random
-frames, which would leak near-duplicates into training.
+Conversion (:func:`dlc_to_coco`): every label CSV of the project, one category (name configurable,
+``keypoints`` = the body-part names, ``skeleton`` from ``config.yaml`` when it defines one), ``v = 2`` for
+labelled and ``x = y = v = 0`` for unlabelled keypoints, one instance per labelled individual with a box from its
+labelled keypoints plus a margin (``margin`` x the larger side of their extent on every side, at least
+``min_margin`` px) clipped to the image. Frames of one video are nearly identical neighbours, so the split is
+made per video (:func:`split_frames`): by default a CONTIGUOUS val and test block at the end of every video
+(sorted by path), or whole held-out videos (``split="videos"``); never random frames, which would leak
+near-duplicates into training. ``split.json`` next to the annotations records the blocks and the counts.
 
 Prompts for the body-part names come from :func:`clamp_pl.data.metainfo.name_to_prompt`
 (``leftear`` -> "left ear", ``tailbase`` -> "tail base").
 
 :func:`ensure_mouse_openfield` converts the 116 real frames of DLC's openfield example that ship with the
-package (``clamp_pl/resources/dlc_openfield``, half size, see its README) with the default split: frames 100-115
+package (``clamp_pl/resources/dlc_openfield``, half size, see its README) with its fixed split: frames 100-115
 test, 90-99 val, 0-89 train.
 """
 
@@ -31,8 +35,10 @@ import csv
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,16 +48,19 @@ __all__ = [
     "DLCLabels",
     "MOUSE_OPENFIELD_BLOCKS",
     "dlc_to_coco",
+    "instances_to_annotations",
     "ensure_mouse_openfield",
     "keypoint_box",
     "read_dlc_csv",
     "read_dlc_labels",
+    "split_frames",
+    "video_of",
 ]
 
 RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "dlc_openfield"
 #: Default split of the embedded openfield frames: half-open frame-index blocks.
 MOUSE_OPENFIELD_BLOCKS = {"val": (90, 100), "test": (100, 116)}
-_CONVERTER_VERSION = 1
+_CONVERTER_VERSION = 2
 
 
 @dataclass
@@ -161,11 +170,14 @@ def keypoint_box(xy: np.ndarray, image_size: tuple[int, int], margin: float = 0.
 
 
 def _project_root(csv_path: Path, frames: list[str]) -> Path:
-    # Frame paths are relative to the project root ("labeled-data/<video>/img.png").
-    parts = Path(frames[0]).parts if frames else ()
-    if parts and parts[0] == "labeled-data":
-        return csv_path.resolve().parents[2]
-    return csv_path.resolve().parent
+    # Frame paths are relative to the project root ("labeled-data/<video>/img.png"): a DeepLabCut CSV sits two
+    # folders below it, a lightning-pose CollectedData.csv at the root itself.
+    here = csv_path.resolve().parent
+    if frames:
+        for cand in (here, *here.parents[:3]):
+            if (cand / frames[0]).is_file():
+                return cand
+    return here
 
 
 def _read_config(root: Path) -> dict:
@@ -176,33 +188,173 @@ def _read_config(root: Path) -> dict:
         return yaml.safe_load(f) or {}
 
 
-def _check_block(name: str, block: tuple[int, int] | None, n: int) -> range:
-    if block is None:
-        return range(0)
-    start, stop = int(block[0]), int(block[1])
-    if not 0 <= start < stop <= n:
-        raise ValueError(f"{name}_block {block} must satisfy 0 <= start < stop <= {n} (number of frames)")
-    return range(start, stop)
+def video_of(frame: str) -> str:
+    """The video a frame path belongs to: its folder below ``labeled-data`` (``labeled-data/m4s1/img0.png`` ->
+    ``m4s1``), or its folder as written; ``""`` for a bare file name."""
+    parts = Path(frame).parts
+    if parts and parts[0] == "labeled-data":
+        parts = parts[1:]
+    return Path(*parts[:-1]).as_posix() if len(parts) > 1 else ""
+
+
+def split_frames(
+    frame_counts: Mapping[str, int],
+    *,
+    mode: str = "blocks",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Held-out frame blocks per video: ``{video: {"val": (start, stop), "test": (start, stop)}}`` (half-open
+    ranges of the video's frames sorted by path; a split missing from a video's dict has no frame there).
+
+    Frames of one video are near-duplicate neighbours, so no split takes random frames:
+
+    * ``mode="blocks"`` (default): every video contributes a contiguous block at its end to test
+      (``round(n * test_fraction)`` frames, at least one when the fraction is > 0) and the block just before it
+      to val, so every video is seen in training and tested on the part of it training never saw. Videos with
+      fewer than three frames stay in train.
+    * ``mode="videos"``: whole videos are held out, as DeepLabCut's out-of-video evaluations do:
+      ``round(V * test_fraction)`` (at least one) test videos and as many val videos by ``val_fraction``,
+      chosen by ``numpy.random.RandomState(seed)`` from the videos sorted by name; needs three videos or more.
+
+    The result depends only on the frame counts, the fractions and the seed: reproducible.
+    """
+    for what, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= f < 1:
+            raise ValueError(f"{what} must be in [0, 1), got {f}")
+    videos = sorted(frame_counts)
+    blocks: dict[str, dict[str, tuple[int, int]]] = {v: {} for v in videos}
+    if mode == "blocks":
+        for v in videos:
+            n = int(frame_counts[v])
+            if n < 3:
+                continue
+            n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+            n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+            while n_test + n_val > n - 1:  # keep a training frame
+                if n_val >= n_test and n_val > 0:
+                    n_val -= 1
+                else:
+                    n_test -= 1
+            if n_test:
+                blocks[v]["test"] = (n - n_test, n)
+            if n_val:
+                blocks[v]["val"] = (n - n_test - n_val, n - n_test)
+        return blocks
+    if mode == "videos":
+        n_test = max(1, round(len(videos) * test_fraction)) if test_fraction > 0 else 0
+        n_val = max(1, round(len(videos) * val_fraction)) if val_fraction > 0 else 0
+        if n_test + n_val > len(videos) - 1:
+            raise ValueError(f"split mode 'videos' holds out {n_test} test + {n_val} val videos but the project has "
+                             f"{len(videos)} ({videos}); use split=blocks or label more videos")
+        order = list(videos)
+        np.random.RandomState(seed).shuffle(order)
+        for v in order[:n_test]:
+            blocks[v]["test"] = (0, int(frame_counts[v]))
+        for v in order[n_test:n_test + n_val]:
+            blocks[v]["val"] = (0, int(frame_counts[v]))
+        return blocks
+    raise ValueError(f"split mode must be 'blocks' or 'videos', got {mode!r}")
+
+
+def _split_labels(n: int, video: str, blocks: Mapping[str, tuple[int, int]]) -> list[str]:
+    labels = ["train"] * n
+    for split in ("val", "test"):
+        if split not in blocks:
+            continue
+        start, stop = (int(x) for x in blocks[split])
+        if not 0 <= start < stop <= n:
+            raise ValueError(f"video {video!r}: {split} block {tuple(blocks[split])} must satisfy "
+                             f"0 <= start < stop <= {n} (its number of frames)")
+        for i in range(start, stop):
+            if labels[i] != "train":
+                raise ValueError(f"video {video!r}: val and test blocks overlap at frame {i}")
+            labels[i] = split
+    return labels
+
+
+def write_coco_splits(out_dir: Path, splits: Mapping[str, dict], category: dict, info: dict) -> dict[str, Path]:
+    """Write ``out_dir/annotations/{split}.json`` (atomically) for the splits present; returns their paths."""
+    paths: dict[str, Path] = {}
+    ann_dir = out_dir / "annotations"
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        if split not in splits:
+            continue
+        coco = {"info": {**info, "split": split}, **splits[split], "categories": [category]}
+        path = ann_dir / f"{split}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(coco, indent=1))
+        os.replace(tmp, path)
+        paths[split] = path
+    return paths
+
+
+def summarize_split(splits: Mapping[str, dict], videos: Mapping[str, str]) -> dict[str, Any]:
+    """Per split: frames, instances and videos (``videos`` maps image id -> video) - what the converter reports."""
+    out: dict[str, Any] = {}
+    for split, coco in splits.items():
+        vids = sorted({videos[im["id"]] for im in coco["images"]})
+        out[split] = {"frames": len(coco["images"]), "instances": len(coco["annotations"]), "videos": vids}
+    return out
+
+
+def instances_to_annotations(
+    coords: np.ndarray, image_id: int, first_ann_id: int, size: tuple[int, int], margin: float, min_margin: float
+) -> list[dict]:
+    """COCO annotations of one frame's animals: ``coords`` (I, K, 2) image pixels, NaN = not labelled. An animal
+    without any labelled point is no instance; the box comes from the labelled points (:func:`keypoint_box`)."""
+    anns = []
+    for xy in coords:
+        box = keypoint_box(xy, size, margin, min_margin)
+        if box is None:
+            continue
+        labelled = ~np.isnan(xy).any(axis=1)
+        kps: list[float] = []
+        for (x, y), ok in zip(xy, labelled):
+            kps += [round(float(x), 3), round(float(y), 3), 2] if ok else [0, 0, 0]
+        anns.append({
+            "id": first_ann_id + len(anns), "image_id": image_id, "category_id": 1, "bbox": box,
+            "area": round(box[2] * box[3], 2), "iscrowd": 0, "num_keypoints": int(labelled.sum()),
+            "keypoints": kps,
+        })
+    return anns
+
+
+def _frame_file(csv_path: Path, frame: str) -> Path:
+    # As _project_root, per frame; a bare file name sits next to the CSV.
+    here = csv_path.resolve().parent
+    candidates = [here / frame, *(p / frame for p in here.parents[:3]), here / Path(frame).name]
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 def dlc_to_coco(
     project_or_csv: str | Path,
     out_dir: str | Path,
     *,
-    test_block: tuple[int, int] | None,
-    val_block: tuple[int, int] | None = None,
+    blocks: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
+    split: str = "blocks",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.15,
+    seed: int = 0,
     margin: float = 0.25,
     min_margin: float = 4.0,
-    category_name: str = "mouse",
+    category_name: str = "animal",
     copy_images: bool = True,
 ) -> dict[str, Path]:
-    """Convert a DLC project (folder with ``config.yaml`` + ``labeled-data``) or one label CSV to COCO files.
+    """Convert a DLC project (folder with ``config.yaml`` + ``labeled-data``), or one label CSV (a DLC
+    ``CollectedData_<scorer>.csv`` or a lightning-pose ``CollectedData.csv``), to COCO files.
+
+    Every label CSV of the project is converted and the split is computed over all of them, per video (a
+    frame's video is its folder, :func:`video_of`).
 
     Args:
-        project_or_csv: project folder (every ``labeled-data/*/CollectedData_*.csv`` is used) or one CSV.
-        out_dir: output folder: ``annotations/{train,val,test}.json`` and, with ``copy_images``, ``images/``.
-        test_block, val_block: half-open ``(start, stop)`` frame-index ranges (frames sorted by path, videos
-            concatenated in path order) held out as test / val; None = no such split. They must not overlap.
+        project_or_csv: project folder (every ``labeled-data/*/CollectedData_*.csv``) or one CSV.
+        out_dir: output folder: ``annotations/{train,val,test}.json``, ``split.json`` (the held-out blocks and
+            the counts per split) and, with ``copy_images``, ``images/``.
+        blocks: held-out frame blocks per video, ``{video: {"val": (start, stop), "test": (start, stop)}}``;
+            None = computed by :func:`split_frames` from ``split``, the fractions and ``seed``.
         margin, min_margin: box margin (see :func:`keypoint_box`).
         category_name: COCO category name (``supercategory`` is "animal").
         copy_images: copy the frames to ``out_dir/images`` (file names relative to the project's
@@ -210,7 +362,7 @@ def dlc_to_coco(
             there.
 
     Returns:
-        ``{"train": json, ["val": json,] ["test": json,] "images": folder}``.
+        ``{"train": json, ["val": json,] ["test": json,] "images": folder, "split": split.json}``.
     """
     src = Path(project_or_csv)
     if src.is_dir():
@@ -233,71 +385,67 @@ def dlc_to_coco(
         if len(pair) == 2 and pair[0] in bodyparts and pair[1] in bodyparts:
             skeleton.append([bodyparts.index(pair[0]) + 1, bodyparts.index(pair[1]) + 1])
 
-    frames = [(t, i) for t in tables for i in range(len(t.frame_paths))]
-    n = len(frames)
-    test_ids = _check_block("test", test_block, n)
-    val_ids = _check_block("val", val_block, n)
-    if set(test_ids) & set(val_ids):
-        raise ValueError(f"val_block {val_block} and test_block {test_block} overlap")
-    split_of = ["train"] * n
-    for i in val_ids:
-        split_of[i] = "val"
-    for i in test_ids:
-        split_of[i] = "test"
-    if "train" not in split_of:
-        raise ValueError(f"val/test blocks {val_block}, {test_block} leave no training frames of {n}")
+    by_video: dict[str, list[tuple[DLCLabels, int]]] = {}
+    seen: dict[str, Path] = {}
+    for t in tables:
+        for row, frame in enumerate(t.frame_paths):
+            if frame in seen:
+                raise _fail(t.csv_path, f"frame {frame} is labelled in {seen[frame]} too")
+            seen[frame] = t.csv_path
+            video = video_of(frame) or t.csv_path.parent.name
+            by_video.setdefault(video, []).append((t, row))
+    for frames in by_video.values():
+        frames.sort(key=lambda f: f[0].frame_paths[f[1]])
+    counts = {v: len(f) for v, f in sorted(by_video.items())}
+    mode = "given" if blocks is not None else split
+    if blocks is None:
+        blocks = split_frames(counts, mode=split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    unknown = sorted(set(blocks) - set(counts))
+    if unknown:
+        raise ValueError(f"blocks name videos {unknown} that the project does not have (videos: {sorted(counts)})")
 
     out_dir = Path(out_dir)
     img_root = out_dir / "images" if copy_images else root
     category = {"supercategory": "animal", "id": 1, "name": category_name, "keypoints": list(bodyparts),
                 "skeleton": skeleton}
     splits: dict[str, dict] = {}
-    for idx, ((table, row), split) in enumerate(zip(frames, split_of)):
-        frame = table.frame_paths[row]
-        src_img = (root / frame) if (root / frame).is_file() else table.csv_path.parent / Path(frame).name
-        rel = Path(*Path(frame).parts[1:]) if Path(frame).parts[0] == "labeled-data" else Path(frame)
-        file_name = rel.as_posix() if copy_images else Path(os.path.relpath(src_img, root)).as_posix()
-        img = cv2.imread(str(src_img), cv2.IMREAD_UNCHANGED)
-        if img is None:
-            raise FileNotFoundError(f"{table.csv_path}: frame {frame} not found or unreadable at {src_img}")
-        height, width = img.shape[:2]
-        if copy_images:
-            dst = img_root / file_name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            if not dst.is_file() or dst.stat().st_size != src_img.stat().st_size:
-                shutil.copyfile(src_img, dst)
-        coco = splits.setdefault(split, {"images": [], "annotations": []})
-        image_id = idx + 1
-        coco["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for ind in range(len(table.individuals)):
-            xy = table.coords[row, ind]
-            box = keypoint_box(xy, (width, height), margin, min_margin)
-            if box is None:
-                continue  # an individual without labels in this frame is not an instance
-            labelled = ~np.isnan(xy).any(axis=1)
-            kps = []
-            for (x, y), ok in zip(xy, labelled):
-                kps += [round(float(x), 3), round(float(y), 3), 2] if ok else [0, 0, 0]
-            coco["annotations"].append({
-                "id": image_id * 100 + ind, "image_id": image_id, "category_id": 1, "bbox": box,
-                "area": round(box[2] * box[3], 2), "iscrowd": 0, "num_keypoints": int(labelled.sum()),
-                "keypoints": kps,
-            })
-    paths: dict[str, Path] = {}
-    ann_dir = out_dir / "annotations"
-    ann_dir.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val", "test"):
-        if split not in splits:
-            continue
-        coco = {"info": {"description": f"DeepLabCut labels of {root.name} ({split})",
-                         "source": [str(c) for c in csvs]},
-                **splits[split], "categories": [category]}
-        path = ann_dir / f"{split}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(coco, indent=1))
-        os.replace(tmp, path)
-        paths[split] = path
+    image_video: dict[int, str] = {}
+    n_anns = 0
+    for video, frames in sorted(by_video.items()):
+        labels = _split_labels(len(frames), video, blocks.get(video, {}))
+        for (table, row), split_name in zip(frames, labels):
+            frame = table.frame_paths[row]
+            src_img = _frame_file(table.csv_path, frame)
+            rel = Path(*Path(frame).parts[1:]) if Path(frame).parts[0] == "labeled-data" else Path(frame)
+            file_name = rel.as_posix() if copy_images else Path(os.path.relpath(src_img, root)).as_posix()
+            img = cv2.imread(str(src_img), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                raise FileNotFoundError(f"{table.csv_path}: frame {frame} not found or unreadable at {src_img}")
+            height, width = img.shape[:2]
+            if copy_images:
+                dst = img_root / file_name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if not dst.is_file() or dst.stat().st_size != src_img.stat().st_size:
+                    shutil.copyfile(src_img, dst)
+            coco = splits.setdefault(split_name, {"images": [], "annotations": []})
+            image_id = len(image_video) + 1
+            image_video[image_id] = video
+            coco["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height,
+                                   "video": video})
+            anns = instances_to_annotations(table.coords[row], image_id, n_anns + 1, (width, height), margin,
+                                            min_margin)
+            n_anns += len(anns)
+            coco["annotations"] += anns
+    if "train" not in splits:
+        raise ValueError(f"the held-out blocks {dict(blocks)} leave no training frames")
+    info = {"description": f"DeepLabCut labels of {root.name}", "source": [str(c) for c in csvs]}
+    paths = write_coco_splits(out_dir, splits, category, info)
+    record = {"mode": mode, "seed": seed, "frames_per_video": counts,
+              "blocks": {v: {k: list(b) for k, b in bl.items()} for v, bl in blocks.items() if bl},
+              "counts": summarize_split(splits, image_video)}
+    (out_dir / "split.json").write_text(json.dumps(record, indent=1) + "\n")
     paths["images"] = img_root
+    paths["split"] = out_dir / "split.json"
     return paths
 
 
@@ -308,7 +456,7 @@ def ensure_mouse_openfield(root: str | Path) -> dict[str, Path]:
     one category "mouse" with body parts snout, leftear, rightear, tailbase.
 
     Returns:
-        ``{"train": json, "val": json, "test": json, "images": folder}``.
+        ``{"train": json, "val": json, "test": json, "images": folder, "split": split.json}``.
     """
     root = Path(root)
     stamp_file = root / "mouse_openfield_stamp.json"
@@ -316,6 +464,7 @@ def ensure_mouse_openfield(root: str | Path) -> dict[str, Path]:
              "blocks": {k: list(v) for k, v in MOUSE_OPENFIELD_BLOCKS.items()}}
     paths = {s: root / "annotations" / f"{s}.json" for s in ("train", "val", "test")}
     paths["images"] = root / "images"
+    paths["split"] = root / "split.json"
     if stamp_file.is_file() and all(p.exists() for p in paths.values()):
         try:
             if json.loads(stamp_file.read_text()) == stamp:
@@ -325,7 +474,6 @@ def ensure_mouse_openfield(root: str | Path) -> dict[str, Path]:
     if not (RESOURCE_DIR / "config.yaml").is_file():
         raise FileNotFoundError(f"embedded DeepLabCut frames missing at {RESOURCE_DIR}: reinstall clamp_pl "
                                 "(the package data was not installed)")
-    out = dlc_to_coco(RESOURCE_DIR, root, test_block=MOUSE_OPENFIELD_BLOCKS["test"],
-                      val_block=MOUSE_OPENFIELD_BLOCKS["val"], category_name="mouse")
+    out = dlc_to_coco(RESOURCE_DIR, root, blocks={"m4s1": MOUSE_OPENFIELD_BLOCKS}, category_name="mouse")
     stamp_file.write_text(json.dumps(stamp, indent=1) + "\n")
     return out

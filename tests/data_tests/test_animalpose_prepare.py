@@ -31,7 +31,7 @@ def test_mmpose_samples_round_trip():
     """Every field of mmpose's test_animalpose.json is reproduced, except the category (we keep the species)
     and the annotation id (mmpose numbers by os.listdir order, see the module docstring)."""
     ref = json.loads((SAMPLES / "test_animalpose.json").read_text())
-    out = convert_animalpose(RAW, SAMPLES)
+    out = convert_animalpose(RAW, SAMPLES).splits
     assert out["train"]["annotations"] == out["val"]["annotations"] == []
     test = out["test"]
     assert test["images"] == ref["images"]
@@ -54,7 +54,7 @@ def test_converted_samples_load_with_species(tmp_path):
     from clamp_pl.data.coco import load_coco_instances
 
     path = tmp_path / "animalpose_test.json"
-    path.write_text(json.dumps(convert_animalpose(RAW, SAMPLES)["test"]))
+    path.write_text(json.dumps(convert_animalpose(RAW, SAMPLES).splits["test"]))
     insts, _, _ = load_coco_instances(path, SAMPLES, get_meta("animalpose"), train=False)
     assert [(i.species, i.family) for i in insts] == [("cat", "Felidae"), ("horse", "Equidae")]
 
@@ -89,8 +89,10 @@ def _synthetic_release(root: Path, n_voc: int = 40) -> dict:
 
 def test_split_ids_and_species(tmp_path):
     release = _synthetic_release(tmp_path)
-    out = convert_animalpose(tmp_path / "keypoints.json", tmp_path / "images", val_instances=20)
-    assert out == convert_animalpose(release, tmp_path / "images", val_instances=20)  # deterministic
+    conversion = convert_animalpose(tmp_path / "keypoints.json", tmp_path / "images", val_instances=20)
+    assert conversion == convert_animalpose(release, tmp_path / "images", val_instances=20)  # deterministic
+    assert conversion.skipped == []
+    out = conversion.splits
     val_n = len(out["val"]["annotations"])
     assert 17 <= val_n <= 20  # greedy fill up to the target (1-3 instances per image)
     assert len(out["train"]["annotations"]) + val_n == sum(1 for a in release["annotations"] if a["image_id"] < 50)
@@ -120,6 +122,32 @@ def test_split_ids_and_species(tmp_path):
         assert k[m].tolist() == ([x, y, 2] if v else [0, 0, 0])
     assert conv["num_keypoints"] == sum(kp[2] for kp in a0["keypoints"])
     assert conv["bbox"] == [1.0, 2.0, 29.0, 38.0] and conv["area"] == 29.0 * 38.0
+
+
+def test_dangling_record_is_skipped_counted_and_listed(tmp_path):
+    """The release's annotation 854 points at image 597, which 'images' does not list: that record is skipped and
+    listed; every other instance converts."""
+    release = _synthetic_release(tmp_path, n_voc=6)
+    n = len(release["annotations"])
+    dangling = dict(release["annotations"][2], image_id=597)
+    release["annotations"].insert(3, dangling)
+    (tmp_path / "keypoints.json").write_text(json.dumps(release))
+    conversion = convert_animalpose(tmp_path / "keypoints.json", tmp_path / "images", val_instances=4)
+    assert conversion.skipped == [{"file": str(tmp_path / "keypoints.json"), "annotation": 3, "image_id": 597,
+                                   "reason": "image_id 597 is not in 'images'"}]
+    assert sum(c["instances"] for c in conversion.counts.values()) == n  # nothing else lost
+    reference = convert_animalpose(dict(release, annotations=[a for a in release["annotations"]
+                                                             if a is not dangling]), tmp_path / "images",
+                                   val_instances=4)
+    assert conversion.splits == reference.splits and conversion.counts == reference.counts
+    res = subprocess.run([sys.executable, str(REPO / "scripts" / "prepare_animalpose.py"), str(tmp_path),
+                          "--val-instances", "4"], capture_output=True, text=True, check=True)
+    assert f"converted {n} instances; skipped 1 records" in res.stdout
+    assert "annotation 3, image_id 597" in res.stdout
+    for split, c in conversion.counts.items():
+        assert f"{split}: {c['images']} images, {c['instances']} instances" in res.stdout
+    listed = json.loads((tmp_path / "annotations" / "animalpose_skipped.json").read_text())
+    assert listed["skipped"][0]["annotation"] == 3 and listed["counts"] == conversion.counts
 
 
 def test_mmpose_split_procedure():
