@@ -9,6 +9,8 @@ import time
 import cv2
 import numpy as np
 import pytest
+from helpers.projects import BODYPARTS as FIXTURE_BODYPARTS
+from helpers.projects import make_dlc_project, make_lightning_pose_project
 from xtcocotools.coco import COCO
 
 from clamp_pl.data.dlc import (
@@ -21,8 +23,6 @@ from clamp_pl.data.dlc import (
     split_frames,
 )
 from clamp_pl.data.metainfo import meta_from_coco
-from helpers.projects import BODYPARTS as FIXTURE_BODYPARTS
-from helpers.projects import make_dlc_project, make_lightning_pose_project
 
 EMBEDDED_CSV = RESOURCE_DIR / "labeled-data" / "m4s1" / "CollectedData_Pranav.csv"
 BODYPARTS = ["snout", "leftear", "rightear", "tailbase"]

@@ -35,9 +35,8 @@ def make_dlc_project(root: Path, videos: dict[str, int], *, individuals: list[st
     multi = individuals is not None
     inds = individuals or ["animal"]
     (root / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(
-        "Task: fixture\nscorer: me\nmultianimalproject: {}\nbodyparts: {}\nskeleton:\n- [snout, tailbase]\n"
-        .format(str(multi).lower(), BODYPARTS))
+    (root / "config.yaml").write_text(f"Task: fixture\nscorer: me\nmultianimalproject: {str(multi).lower()}\n"
+                                      f"bodyparts: {BODYPARTS}\nskeleton:\n- [snout, tailbase]\n")
     truth: dict[str, dict[str, np.ndarray]] = {}
     for v, (video, n) in enumerate(sorted(videos.items())):
         folder = root / "labeled-data" / video
