@@ -54,7 +54,10 @@ __all__ = [
     "read_dlc_csv",
     "read_dlc_labels",
     "split_frames",
+    "split_labels",
+    "summarize_split",
     "video_of",
+    "write_coco_splits",
 ]
 
 RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "dlc_openfield"
@@ -258,7 +261,8 @@ def split_frames(
     raise ValueError(f"split mode must be 'blocks' or 'videos', got {mode!r}")
 
 
-def _split_labels(n: int, video: str, blocks: Mapping[str, tuple[int, int]]) -> list[str]:
+def split_labels(n: int, video: str, blocks: Mapping[str, tuple[int, int]]) -> list[str]:
+    """The split of each of a video's ``n`` frames ("train" unless in its val/test block), checking the blocks."""
     labels = ["train"] * n
     for split in ("val", "test"):
         if split not in blocks:
@@ -412,7 +416,7 @@ def dlc_to_coco(
     image_video: dict[int, str] = {}
     n_anns = 0
     for video, frames in sorted(by_video.items()):
-        labels = _split_labels(len(frames), video, blocks.get(video, {}))
+        labels = split_labels(len(frames), video, blocks.get(video, {}))
         for (table, row), split_name in zip(frames, labels):
             frame = table.frame_paths[row]
             src_img = _frame_file(table.csv_path, frame)

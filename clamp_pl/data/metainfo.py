@@ -548,8 +548,9 @@ def meta_from_coco(
 
     * prompts from the names (:func:`name_to_prompt`: side first, numbers kept); ``prompts`` is a list of K
       texts or a ``{name or index: text}`` mapping that changes only those;
-    * flip pairs from names that differ only by left <-> right; ``flip_pairs`` is a list of pairs of names or
-      0-based indices (``[]``: none);
+    * flip pairs from names that differ only by left <-> right, or the category's ``symmetries`` (name pairs,
+      not COCO: the SLEAP converter writes the skeleton's declared symmetries there); ``flip_pairs`` is a list
+      of pairs of names or 0-based indices (``[]``: none);
     * sigmas: the published ones of a known layout (:data:`KNOWN_SIGMAS`), else ``default_sigma`` for every
       keypoint with a warning saying how to set them;
     * skeleton: 0- or 1-based, detected by :func:`skeleton_indices`;
@@ -593,16 +594,20 @@ def meta_from_coco(
         texts = _prompts_override(prompts, names, derived_prompts, f"{source}: data.prompts")
         provenance["prompts"] = "given (data.prompts)"
 
-    if flip_pairs is None:
+    declared = cats[0].get("symmetries")  # not COCO: written by tools that declare their pairs (SLEAP)
+    if flip_pairs is None and declared:
+        flip = flip_indices_from_pairs(declared, names, f"{source}: category 'symmetries'")
+        provenance["flip_pairs"] = "declared by the file (category 'symmetries')"
+    elif flip_pairs is None:
         flip = _infer_flip_indices(names)
         provenance["flip_pairs"] = "derived from left/right in the names"
-        unpaired = [n for i, n in enumerate(names) if flip[i] == i and set(_SIDES) & set(name_tokens(n))]
-        if unpaired:
-            log.warning("%s: keypoints %s name a side but have no left/right partner, so a horizontal flip keeps "
-                        "them in place; set data.flip_pairs if they do pair", source, unpaired)
     else:
         flip = flip_indices_from_pairs(flip_pairs, names, f"{source}: data.flip_pairs")
         provenance["flip_pairs"] = "given (data.flip_pairs)"
+    unpaired = [n for i, n in enumerate(names) if flip[i] == i and set(_SIDES) & set(name_tokens(n))]
+    if unpaired and flip_pairs is None:
+        log.warning("%s: keypoints %s name a side but have no left/right partner, so a horizontal flip keeps "
+                    "them in place; set data.flip_pairs if they do pair", source, unpaired)
     positional = [n for n in names if _NON_FLIP_SIDES & set(name_tokens(n))]
     if positional and flip_pairs is None:
         provenance["not_flipped"] = ("near/off/far/inner/outer name the side toward or away from the camera, "

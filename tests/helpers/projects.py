@@ -79,3 +79,37 @@ def make_lightning_pose_project(root: Path, videos: dict[str, int], seed: int = 
     out = root / "CollectedData.csv"
     out.write_text("\n".join(lines) + "\n")
     return out
+
+
+def make_slp_project(root: Path, videos: dict[str, int], seed: int = 0) -> Path:
+    """A SLEAP project saved with sleap-io: one image-sequence video per entry (``n`` PNG frames), two
+    user-labelled animals per frame (the second one missing its tail base), the skeleton with edges and a
+    left/right ear symmetry, and a predicted instance on the first frame (not a label). Returns the ``.slp``."""
+    import sleap_io as sio
+
+    rng = np.random.default_rng(seed)
+    skeleton = sio.Skeleton(nodes=[sio.Node(n) for n in BODYPARTS], name="mouse")
+    skeleton.add_edge("snout", "leftear")
+    skeleton.add_edge("snout", "tailbase")
+    skeleton.add_symmetry("leftear", "rightear")
+    vids, frames = [], []
+    for v, (video, n) in enumerate(sorted(videos.items())):
+        files = []
+        for f in range(n):
+            path = root / video / f"frame{f:03d}.png"
+            _frame(path, seed * 1000 + v * 100 + f)
+            files.append(str(path))
+        vid = sio.Video.from_filename(files)
+        vids.append(vid)
+        for f in range(n):
+            a, b = _points(rng, 4), _points(rng, 34)
+            b[3] = np.nan
+            insts = [sio.Instance.from_numpy(a, skeleton), sio.Instance.from_numpy(b, skeleton)]
+            if f == 0:
+                insts.append(sio.PredictedInstance.from_numpy(_points(rng, 20), skeleton=skeleton,
+                                                              point_scores=np.ones(len(BODYPARTS)), score=1.0))
+            frames.append(sio.LabeledFrame(video=vid, frame_idx=f, instances=insts))
+    labels = sio.Labels(labeled_frames=frames, videos=vids, skeletons=[skeleton])
+    out = root / "project.slp"
+    sio.save_slp(labels, str(out))
+    return out
