@@ -1,5 +1,5 @@
-"""LightningDataModules: one per dataset (AP-10K, Animal-Pose, toy, mouse) on a shared base, plus generic
-COCO and DeepLabCut ones.
+"""LightningDataModules: one per dataset (AP-10K, Animal-Pose, toy, mouse) on a shared base, plus the
+bring-your-own-data ones (COCO files, DeepLabCut / lightning-pose / SLEAP projects).
 
 The data flows one way: COCO files -> ``Instance`` records (validated once, in ``setup``) -> protocol split ->
 ``TopDownDataset`` (top-down transforms + codec targets). The evaluation ground truth of the val/test splits
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from clamp_pl.codecs import MSRAHeatmap
 from clamp_pl.data.coco import Instance, LoadReport, load_coco_instances
 from clamp_pl.data.dataset import TopDownDataset
-from clamp_pl.data.metainfo import DatasetMeta, get_meta, meta_from_coco
+from clamp_pl.data.metainfo import DatasetMeta, format_meta_table, get_meta, meta_from_coco, meta_table
 from clamp_pl.data.protocols import apply_protocol
 from clamp_pl.data.sources import missing_dataset_error
 from clamp_pl.data.transforms import TopDownTransform
@@ -328,39 +328,109 @@ class MouseOpenfieldDataModule(PoseDataModule):
         return {s: (self._paths[s], self._paths["images"]) for s in SPLITS}
 
 
-class DLCDataModule(MouseOpenfieldDataModule):
-    """Any single-animal DeepLabCut project (``CollectedData_*.csv`` + frames), converted to COCO in ``root``
-    with contiguous val/test blocks at the end of the frame list."""
+class OwnDataModule(PoseDataModule):
+    """Base of the bring-your-own-data modules (COCO files, DeepLabCut / lightning-pose / SLEAP projects).
+
+    The keypoint meta is derived from the train file (:func:`~clamp_pl.data.metainfo.meta_from_coco`: prompts
+    from the names, flip pairs from left/right, sigmas of a known layout or the default) unless ``prompts``
+    (K texts, or ``{name: text}``), ``flip_pairs`` (pairs of names or indices; ``[]`` = none) or ``sigmas`` say
+    otherwise. The derived table is logged and, with ``report_dir``, written to ``keypoints.md`` /
+    ``keypoints.json`` there, so the choice is never silent (``python -m clamp_pl.inspect_data`` shows it
+    before training).
+    """
+
+    def __init__(self, *, prompts: Sequence[str] | dict | None = None, flip_pairs: Sequence | None = None,
+                 **kw: Any) -> None:
+        super().__init__(**kw)
+        self.prompts = prompts
+        self.flip_pairs = flip_pairs
+
+    def build_meta(self, train_ann: Path) -> DatasetMeta:
+        meta = meta_from_coco(train_ann, name=self.name, sigmas=self.sigmas, prompts=self.prompts,
+                              flip_pairs=self.flip_pairs)
+        table = format_meta_table(meta)
+        log.info("keypoints of %s (override with data.prompts / data.flip_pairs / data.sigmas):\n%s",
+                 self.name, table)
+        if self.report_dir:
+            out = Path(self.report_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "keypoints.md").write_text(table + "\n")
+            (out / "keypoints.json").write_text(json.dumps(
+                {"provenance": meta.provenance, "keypoints": meta_table(meta)}, indent=1))
+        return meta
+
+
+class DLCDataModule(OwnDataModule):
+    """A DeepLabCut project (single- or multi-animal, every video) or a lightning-pose ``CollectedData.csv``,
+    converted to COCO in ``root`` (default ``converted_dir/<project name>``) and split per video
+    (:func:`clamp_pl.data.dlc.split_frames`: ``split="blocks"``, a contiguous val and test block at the end of
+    every video, or ``split="videos"``, whole held-out videos chosen by ``split_seed``)."""
 
     name = "dlc"
 
-    def __init__(self, *, project: str, test_fraction: float = 0.15, val_fraction: float = 0.1,
-                 category_name: str = "animal", **kw: Any):
+    def __init__(self, *, project: str, root: str | None = None, converted_dir: str = "data/dlc",
+                 split: str = "blocks", test_fraction: float = 0.15, val_fraction: float = 0.1,
+                 split_seed: int = 0, category_name: str = "animal", **kw: Any):
         super().__init__(**kw)
-        self.project, self.test_fraction, self.val_fraction = project, test_fraction, val_fraction
+        self.project = Path(project)
+        self.root = Path(root) if root else Path(converted_dir) / project_name(self.project)
+        self.split, self.split_seed = split, split_seed
+        self.test_fraction, self.val_fraction = test_fraction, val_fraction
         self.category_name = category_name
+        self._paths: dict[str, Path] | None = None
+
+    def convert(self) -> dict[str, Path]:
+        from clamp_pl.data.dlc import dlc_to_coco
+
+        if not self.project.exists():
+            raise FileNotFoundError(
+                f"{self.project} does not exist: point data.project at a DeepLabCut project folder (config.yaml + "
+                "labeled-data/<video>/CollectedData_<scorer>.csv) or a lightning-pose CollectedData.csv"
+            )
+        return dlc_to_coco(self.project, self.root, split=self.split, val_fraction=self.val_fraction,
+                           test_fraction=self.test_fraction, seed=self.split_seed, category_name=self.category_name)
 
     def prepare_data(self) -> None:
-        from clamp_pl.data.dlc import dlc_to_coco, read_dlc_csv
+        self._paths = self.convert()
+        counts = json.loads(self._paths["split"].read_text())["counts"]
+        log.info("%s -> %s: %s", self.project, self.root,
+                 {s: (c["frames"], c["instances"]) for s, c in counts.items()})
 
-        csv_file = next(Path(self.project).rglob("CollectedData_*.csv"), None)
-        if csv_file is None:
-            raise FileNotFoundError(
-                f"no DeepLabCut labels (CollectedData_*.csv) under {self.project}: point data.project at a "
-                "DeepLabCut project folder (config.yaml + labeled-data/<video>/CollectedData_<scorer>.csv)"
-            )
-        frames, _, _ = read_dlc_csv(csv_file)
-        n = len(frames)
-        n_test = max(1, round(n * self.test_fraction))
-        n_val = max(1, round(n * self.val_fraction))
-        self._paths = dlc_to_coco(
-            self.project, self.root, test_block=(n - n_test, n), val_block=(n - n_test - n_val, n - n_test),
-            category_name=self.category_name,
-        )
+    def files(self) -> dict[str, tuple[Path, Path]]:
+        if self._paths is None:
+            self.prepare_data()
+        missing = [s for s in SPLITS if s not in self._paths]
+        if missing:
+            raise ValueError(f"{self.project}: the {self.split!r} split left no {missing} frames (see "
+                             f"{self._paths['split']}); raise data.val_fraction / data.test_fraction")
+        return {s: (self._paths[s], self._paths["images"]) for s in SPLITS}
 
 
-class COCODataModule(PoseDataModule):
-    """Bring-your-own COCO keypoint files; the meta comes from the train file's category."""
+class SLEAPDataModule(DLCDataModule):
+    """A SLEAP project (``.slp``, read with the optional ``sleap-io`` package: ``pip install -e ".[sleap]"``),
+    converted to COCO with its skeleton and node names and split per video as :class:`DLCDataModule`."""
+
+    name = "sleap"
+
+    def convert(self) -> dict[str, Path]:
+        from clamp_pl.data.sleap import slp_to_coco
+
+        return slp_to_coco(self.project, self.root, split=self.split, val_fraction=self.val_fraction,
+                           test_fraction=self.test_fraction, seed=self.split_seed, category_name=self.category_name)
+
+
+def project_name(project: Path) -> str:
+    """The folder name a converted project is kept under: the project folder's name, or for a label file
+    (lightning-pose ``CollectedData.csv``, SLEAP ``.slp``) its folder's name plus its stem."""
+    project = Path(project).resolve()
+    if project.suffix:
+        return f"{project.parent.name}-{project.stem}"
+    return project.name
+
+
+class COCODataModule(OwnDataModule):
+    """Bring-your-own COCO keypoint files; the meta comes from the train file's category (see
+    :class:`OwnDataModule`)."""
 
     name = "coco"
 

@@ -47,3 +47,20 @@ def test_slp_project_to_coco(tmp_path):
     meta = meta_from_coco(paths["train"])
     assert meta.flip_pairs == ((1, 2),) and meta.provenance["flip_pairs"].startswith("declared by the file")
     assert meta.prompts == ("snout", "left ear", "right ear", "tail base")
+
+
+def test_sleap_datamodule_meta_and_root(tmp_path):
+    pytest.importorskip("sleap_io")
+    from helpers.projects import make_slp_project
+
+    from clamp_pl.data.datamodule import SLEAPDataModule
+
+    slp = make_slp_project(tmp_path / "lab", {"arena": 6})
+    dm = SLEAPDataModule(project=str(slp), converted_dir=str(tmp_path / "converted"), val_fraction=0.2,
+                         test_fraction=0.2, report_dir=str(tmp_path / "run"))
+    meta = dm.ensure_meta()
+    assert dm.root == tmp_path / "converted" / "lab-project"
+    assert meta.keypoint_names == ("snout", "leftear", "rightear", "tailbase") and meta.flip_pairs == ((1, 2),)
+    assert {s: len(json.loads(p.read_text())["images"]) for s, (p, _) in dm.files().items()} == \
+        {"train": 4, "val": 1, "test": 1}
+    assert "| 1 | leftear | left ear | rightear |" in (tmp_path / "run" / "keypoints.md").read_text()
