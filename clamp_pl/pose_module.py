@@ -23,7 +23,7 @@ from clamp_pl.data.transforms import input_to_image_coords
 from clamp_pl.evaluation import CocoKeypointAP, write_results
 from clamp_pl.evaluation.metric import KEYPOINT_PCK_THR
 from clamp_pl.models import CLAMP, CLAMPLoss
-from clamp_pl.models.clamp import no_weight_decay
+from clamp_pl.optim import adamw, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -300,29 +300,12 @@ class PoseLitModule(pl.LightningModule):
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = {"lr": 5e-4, "weight_decay": 1e-4, "backbone_lr_mult": 0.1, **(self.hparams.optimizer or {})}
-        lr, wd = opt_cfg["lr"], opt_cfg["weight_decay"]
-        groups: dict[tuple[str, bool], list[Tensor]] = {}
-        for group, named in self.net.param_groups().items():
-            if group == "text":
-                continue  # frozen tower: requires_grad False, never in the optimiser
-            for name, p in named:
-                if p.requires_grad:
-                    groups.setdefault((group, no_weight_decay(name, p, opt_cfg.get("no_decay_keys"))), []).append(p)
-        param_groups = [
-            {
-                "params": params,
-                "lr": lr * (opt_cfg["backbone_lr_mult"] if group == "backbone" else 1.0),
-                "weight_decay": 0.0 if no_wd else wd,
-                "name": f"{group}{'_no_wd' if no_wd else ''}",
-            }
-            for (group, no_wd), params in sorted(groups.items())
-        ]
+        groups = param_groups(self.net, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"],
+                              backbone_lr_mult=opt_cfg["backbone_lr_mult"], no_decay_keys=opt_cfg.get("no_decay_keys"))
         fused = opt_cfg.get("fused", "auto")
-        if fused not in ("auto", True, False):
-            raise ValueError(f"model.optimizer.fused must be auto, true or false, not {fused!r}")
-        if fused == "auto":
-            fused = self._fused_optimizer_possible([p for g in param_groups for p in g["params"]])
-        optimizer = torch.optim.AdamW(param_groups, lr=lr, weight_decay=wd, fused=bool(fused))
+        if fused == "auto" and self._clips_under_grad_scaler():
+            fused = False
+        optimizer = adamw(groups, fused=fused)
         sch = {"warmup_iters": 500, "warmup_ratio": 1e-3, "milestones": [170, 200], "gamma": 0.1,
                **(self.hparams.scheduler or {})}
         steps_per_epoch = max(1, self._steps_per_epoch())
@@ -338,20 +321,13 @@ class PoseLitModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _fused_optimizer_possible(self, params: list[Tensor]) -> bool:
-        """Whether the fused AdamW kernel can take these parameters in this run.
-
-        It updates all tensors in one kernel instead of ~10 ops per tensor: on CPU the AdamW step of CLAMP
-        ViT-B/16 or RN50 takes 0.3x the time of PyTorch's per-tensor loop (docs/benchmarks.md). It needs floating-point parameters on a device with
-        fused kernels, and it cannot be combined with gradient clipping under a GradScaler (16-bit AMP): the
-        fused kernel unscales the gradients itself, so Lightning refuses to clip them first.
-        """
-        if not params or not all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
-            return False
+    def _clips_under_grad_scaler(self) -> bool:
+        """Whether this run clips gradients under a GradScaler (16-bit AMP), which rules out the fused AdamW
+        kernel: it unscales the gradients itself, so Lightning refuses to clip them first."""
         trainer = self._trainer
-        if trainer is not None and getattr(trainer, "gradient_clip_val", None):
-            return getattr(trainer.precision_plugin, "scaler", None) is None
-        return True
+        if trainer is None or not getattr(trainer, "gradient_clip_val", None):
+            return False
+        return getattr(trainer.precision_plugin, "scaler", None) is not None
 
     def _steps_per_epoch(self) -> int:
         trainer = self.trainer

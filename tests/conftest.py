@@ -49,6 +49,18 @@ def test_data() -> Path:
     return TEST_DATA
 
 
+def augment_config(**overrides) -> dict:
+    """The ``augment`` node of conf/data/_base.yaml (the only defaults of ``TopDownAugment``), with overrides:
+    ``TopDownAugment(meta=meta, **augment_config(rot_prob=0.0))``."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "data" / "_base.yaml").augment, resolve=True)
+    unknown = set(overrides) - set(node)
+    if unknown:
+        raise KeyError(f"not augmentation settings: {sorted(unknown)} (known: {sorted(node)})")
+    return {**node, **overrides}
+
+
 # ---------------------------------------------------------------- Hydra configs for CPU tests
 # debug=tiny (conf/debug/tiny.yaml): small toy set, 3 train / 2 val / 2 test batches, no bars, no workers
 FAST_OVERRIDES = ["debug=tiny"]

@@ -78,7 +78,7 @@ def test_crop_matches_test_pipeline(est, sample, data_dir):
     meta = get_meta("ap10k")
     insts, _, _ = load_coco_instances(ann_file, ann_file.parent.parent / "images", meta, train=False)
     inst = insts[0]
-    ref = TopDownTransform(meta, est.input_size, train=False, reduced_decode=False)(inst)
+    ref = TopDownTransform(meta, est.input_size)(inst)
     crop, center, scale = est.crop(read_image(inst.image_path), inst.bbox)
     np.testing.assert_allclose(crop, ref["image"], atol=1e-5)
     np.testing.assert_allclose(center, ref["center"], atol=1e-4)

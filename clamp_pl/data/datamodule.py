@@ -25,7 +25,7 @@ from clamp_pl.data.dataset import TopDownDataset
 from clamp_pl.data.metainfo import DatasetMeta, format_meta_table, get_meta, meta_from_coco, meta_table
 from clamp_pl.data.protocols import apply_protocol
 from clamp_pl.data.sources import missing_dataset_error
-from clamp_pl.data.transforms import TopDownTransform
+from clamp_pl.data.transforms import TopDownAugment, TopDownTransform
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class PoseDataModule(pl.LightningDataModule):
             targets live on ``input_size / feature_stride``.
         batch_size: per-device batch size (global = batch_size x devices x nodes).
         protocol: ``{"name": "supervised" | "fewshot" | "zeroshot", ...}`` (``conf/protocol``).
-        augment: training augmentation parameters of :class:`TopDownTransform`.
+        augment: the ``data.augment`` node: every field of :class:`~clamp_pl.data.transforms.TopDownAugment`
+            but ``meta`` and ``seed``; None = the training split is not augmented.
+        reduced_decode: reduced-resolution JPEG decoding in every split (:class:`TopDownTransform`).
         on_error: ``"raise"`` stops at setup on the first bad record; ``"skip"`` counts and logs skipped
             records and writes them to ``report_dir/skipped_records.json``.
     """
@@ -77,6 +79,7 @@ class PoseDataModule(pl.LightningDataModule):
         persistent_workers: bool = True,
         normalization: str = "imagenet",
         augment: dict | None = None,
+        reduced_decode: bool = False,
         on_error: str = "raise",
         protocol: dict | None = None,
         seed: int = 0,
@@ -94,7 +97,8 @@ class PoseDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.normalization = normalization
-        self.augment = dict(augment or {})
+        self.augment = None if augment is None else dict(augment)
+        self.reduced_decode = bool(reduced_decode)
         self.on_error = on_error
         self.protocol = dict(protocol or {"name": "supervised"})
         self.seed = seed
@@ -153,14 +157,14 @@ class PoseDataModule(pl.LightningDataModule):
         self._apply_protocol()
         self._write_reports()
         codec = MSRAHeatmap(input_size=self.input_size, heatmap_size=self.heatmap_size, sigma=self.sigma)
+        augment = None if self.augment is None else TopDownAugment(meta=meta, seed=self.seed, **self.augment)
         for split in SPLITS:
-            train = split == "train"
             transform = TopDownTransform(
                 meta,
                 input_size=self.input_size,
-                train=train,
+                augment=augment if split == "train" else None,
                 normalization=self.normalization,
-                **(self.augment if train else {}),
+                reduced_decode=self.reduced_decode,
             )
             self.datasets[split] = TopDownDataset(
                 self.instances[split], transform, codec, feature_grid=self.feature_grid, seed=self.seed

@@ -3,23 +3,25 @@
 Conventions: points are (x, y) image pixels with pixel centres at integer coordinates; ``center`` (2,) and
 ``scale`` (2,) = (w, h) describe the crop box in image PIXELS (mmpose 1.x, not /200); ``input_size`` = (W, H).
 
-Training (CLAMP's mmpose 0.x pipeline, in order): box -> centre/scale with the aspect ratio fixed to W/H and
-1.25 padding; horizontal flip (p 0.5, left/right keypoints swapped); half-body (p 0.3 when more than 8 keypoints
-are labelled: the box of the upper or lower body, x1.5); centre shift (p 0.3, up to 0.16 of the box, mmpose 1.x;
-CLAMP inherited a shift of up to 0.2 of the unpadded box = 0.16 of the padded one, but drew it once per run);
-scale x clip(N(1, 0.5^2), 0.5, 1.5); rotation clip(N(0, 40^2), -80, 80) degrees with p 0.6. All of it becomes ONE
-affine matrix and ONE bilinear ``cv2.warpAffine`` per sample. Optional photometric augmentation (albumentations,
+Training (:class:`TopDownAugment`, the order of CLAMP's mmpose 0.x pipeline): box -> centre/scale with the aspect
+ratio fixed to W/H and 1.25 padding; centre shift (p 0.3; ``shift_mode``: drawn per sample, mmpose 1.x, or once per
+instance for the whole run, mmpose 0.x as CLAMP); horizontal flip (p 0.5, left/right keypoints swapped); half-body
+(p 0.3 when more than 8 keypoints are labelled: the box of the upper or lower body, x1.5); scale
+x clip(N(1, 0.5^2), 0.5, 1.5); rotation clip(N(0, 40^2), -80, 80) degrees with p 0.6. All of it becomes ONE affine
+matrix and ONE bilinear ``cv2.warpAffine`` per sample. Optional photometric augmentation (albumentations,
 pixel-level transforms only) runs on the warped crop. Validation/test: centre/scale + warp only.
 
-Speed: a JPEG whose crop is shrunk by >= 2x (4x) is decoded at half (quarter) resolution by libjpeg
-(``cv2.IMREAD_REDUCED_COLOR_2/4``), which is several times faster and also anti-aliases the down-sampling.
+Speed (``reduced_decode``, off by default): a JPEG whose crop is shrunk by >= 2x (4x) is decoded at half (quarter)
+resolution by libjpeg (``cv2.IMREAD_REDUCED_COLOR_2/4``), which is several times faster and also anti-aliases the
+down-sampling, so the pixels differ from a full decode + bilinear warp (CLAMP's).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +33,23 @@ from clamp_pl.data.metainfo import DatasetMeta
 
 __all__ = [
     "NORMALIZATION",
+    "HALF_BODY_CENTERS",
+    "SHIFT_MODES",
     "AugmentParams",
     "TopDownAugment",
     "TopDownTransform",
     "affine_points",
     "bbox_xywh_to_center_scale",
+    "crop_and_normalize",
     "build_photometric",
     "fix_aspect_ratio",
     "flip_keypoints",
     "get_warp_matrix",
     "half_body_box",
     "input_to_image_coords",
+    "normalize_chw",
     "read_image",
+    "warp_crop",
 ]
 
 #: RGB mean and std on the [0, 1] scale. CLAMP normalises with ImageNet statistics even for CLIP towers.
@@ -137,18 +144,21 @@ def half_body_box(
     rng: np.random.Generator,
     padding: float = 1.5,
     upper_prob: float = 0.7,
+    center: str = "extent",
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Centre and scale of the box around the labelled upper- or lower-body keypoints, or None.
 
     The upper half is chosen with ``upper_prob`` when it has more than 2 labelled points (mmpose 0.x draws
     ``randn() < 0.5``, p = 0.69; mmpose 1.x uses 0.7), else the lower half when it has more than 2, else the upper
-    half; fewer than 2 chosen points -> None. The box is the points' extent, aspect-fixed and x ``padding``,
-    centred on the extent's middle so it always holds the chosen points (mmpose centres it on their mean,
-    which can leave points outside when they are unevenly spread).
+    half; fewer than 2 chosen points -> None. The box is the points' extent, aspect-fixed and x ``padding``.
+    ``center="extent"`` centres it on the extent's middle, so it always holds the chosen points; ``"mean"``
+    centres it on their mean (mmpose 0.x and 1.x), which can leave points outside when they are unevenly spread.
 
     Args:
         keypoints: (K, 3) x, y, v in image pixels.
     """
+    if center not in HALF_BODY_CENTERS:
+        raise ValueError(f"half-body center must be one of {HALF_BODY_CENTERS}, got {center!r}")
     labelled = keypoints[:, 2] > 0
     upper = [i for i in upper_body_ids if labelled[i]]
     lower = [i for i in lower_body_ids if labelled[i]]
@@ -162,7 +172,17 @@ def half_body_box(
         return None
     pts = keypoints[chosen, :2]
     lo, hi = pts.min(axis=0), pts.max(axis=0)
-    return (lo + hi) * 0.5, fix_aspect_ratio(hi - lo, aspect_ratio) * padding
+    mid = (lo + hi) * 0.5 if center == "extent" else pts.mean(axis=0)
+    return mid, fix_aspect_ratio(hi - lo, aspect_ratio) * padding
+
+
+#: ``shift_mode`` values of :class:`TopDownAugment`.
+SHIFT_MODES = ("sample", "dataset")
+#: ``half_body_center`` values of :class:`TopDownAugment` (see :func:`half_body_box`).
+HALF_BODY_CENTERS = ("extent", "mean")
+# third entry of the seed of the per-instance generator of shift_mode="dataset", so that its draws are
+# independent of the per-sample augmentation streams, which are seeded [seed, stream, index]
+_DATASET_SHIFT_STREAM = 0x5348_4946  # "SHIF"
 
 
 @dataclass(frozen=True)
@@ -176,57 +196,96 @@ class AugmentParams:
     half_body: bool
 
 
+@dataclass(frozen=True, kw_only=True)
 class TopDownAugment:
-    """Samples the training geometry of one instance (numpy Generator passed in, so it is reproducible).
+    """Training augmentation: samples the geometry of one instance and applies the photometric transforms.
 
-    Order and distributions follow CLAMP (mmpose 0.21): flip, half-body, then (mmpose 1.x) centre shift, scale and
-    rotation; see the module docstring. The scale is clip(N(1, scale_factor^2), 1 - scale_factor,
-    1 + scale_factor); the rotation clip(N(0, rot_factor^2), -2 rot_factor, 2 rot_factor) with ``rot_prob``; the
-    shift clip(N(0, 1), -1, 1) * shift_factor * box size with ``shift_prob``.
+    Built from ONE config node, ``data.augment`` (``TopDownAugment(meta=meta, seed=seed, **cfg.data.augment)``):
+    every setting is a required field, and its default lives only in ``conf/data/_base.yaml``.
+
+    Geometry, in order (CLAMP = mmpose 0.21, see the module docstring), with the numpy Generator of the sample:
+
+    1. ``shift_mode="dataset"`` (mmpose 0.x ``_xywh2cs``, drawn when the dataset is built): one shift per instance
+       for the whole run. With ``shift_prob`` the centre moves by U(-shift_factor, shift_factor) x the UNPADDED
+       box (w, h). Drawn from a generator seeded by (``seed``, ``ann_id``), so it is the same in every DataLoader
+       worker and every epoch, and does not depend on the order or the other instances of the dataset.
+    2. Horizontal flip with ``flip_prob`` (keypoints mirrored and left/right swapped, the centre mirrored).
+    3. Half-body with ``half_body_prob`` when more than ``half_body_min_kpts`` keypoints are labelled: the box
+       becomes the upper- or lower-body box x ``half_body_padding`` (:func:`half_body_box`, centred by
+       ``half_body_center``); it replaces the shifted box of step 1.
+    4. ``shift_mode="sample"`` (mmpose 1.x ``RandomBBoxTransform``): a fresh shift for every sample. With
+       ``shift_prob`` the centre moves by clip(N(0, 1), -1, 1) x shift_factor x the PADDED box (the crop's w, h).
+    5. Scale x clip(N(1, scale_factor^2), 1 - scale_factor, 1 + scale_factor).
+    6. Rotation clip(N(0, rot_factor^2), -2 rot_factor, 2 rot_factor) degrees with ``rot_prob``, else 0.
+
+    ``photometric``: albumentations pixel-level transforms (:func:`build_photometric`) run on the warped crop,
+    seeded from the sample's Generator; None = off (as CLAMP).
     """
 
-    def __init__(
-        self,
-        meta: DatasetMeta,
-        *,
-        flip_prob: float = 0.5,
-        half_body_prob: float = 0.3,
-        half_body_min_kpts: int = 8,
-        half_body_padding: float = 1.5,
-        shift_prob: float = 0.3,
-        shift_factor: float = 0.16,
-        scale_factor: float = 0.5,
-        rot_factor: float = 40.0,
-        rot_prob: float = 0.6,
-    ) -> None:
-        self.meta = meta
-        self.flip_prob = flip_prob
-        self.half_body_prob = half_body_prob
-        self.half_body_min_kpts = half_body_min_kpts
-        self.half_body_padding = half_body_padding
-        self.shift_prob = shift_prob
-        self.shift_factor = shift_factor
-        self.scale_factor = scale_factor
-        self.rot_factor = rot_factor
-        self.rot_prob = rot_prob
+    meta: DatasetMeta
+    flip_prob: float
+    half_body_prob: float
+    half_body_min_kpts: int
+    half_body_padding: float
+    half_body_center: str
+    shift_mode: str
+    shift_prob: float
+    shift_factor: float
+    scale_factor: float
+    rot_factor: float
+    rot_prob: float
+    photometric: dict[str, Any] | None
+    #: entropy of the ``shift_mode="dataset"`` draws (the experiment seed)
+    seed: int = 0
+    _photometric: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("flip_prob", "half_body_prob", "shift_prob", "rot_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"augment.{name} must be a probability in [0, 1], got {value!r}")
+        for name in ("half_body_padding", "shift_factor", "rot_factor"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= float(self.scale_factor) < 1.0:
+            raise ValueError(f"augment.scale_factor must be in [0, 1) (the scale is clipped to 1 +- it), "
+                             f"got {self.scale_factor!r}")
+        if self.shift_mode not in SHIFT_MODES:
+            raise ValueError(f"augment.shift_mode must be one of {SHIFT_MODES}, got {self.shift_mode!r}")
+        if self.half_body_center not in HALF_BODY_CENTERS:
+            raise ValueError(f"augment.half_body_center must be one of {HALF_BODY_CENTERS}, "
+                             f"got {self.half_body_center!r}")
+        object.__setattr__(self, "_photometric", build_photometric(self.photometric))
+
+    def dataset_shift(self, ann_id: int, bbox: np.ndarray) -> np.ndarray:
+        """The fixed centre offset (2,) of ``shift_mode="dataset"`` for the instance ``ann_id`` with the box
+        ``bbox`` (4,) xywh; zeros for the 1 - shift_prob instances that are not shifted."""
+        key = [int(self.seed) % 2**63, _DATASET_SHIFT_STREAM, int(ann_id) % 2**63]
+        rng = np.random.default_rng(key)
+        shifted, u = rng.random(), rng.random(2)
+        if shifted >= self.shift_prob:
+            return np.zeros(2)
+        return (2.0 * u - 1.0) * self.shift_factor * np.asarray(bbox, dtype=np.float64)[2:4]
 
     def __call__(
         self,
-        keypoints: np.ndarray,
+        instance: Instance,
         center: np.ndarray,
         scale: np.ndarray,
-        image_width: int,
         aspect_ratio: float,
         rng: np.random.Generator,
     ) -> tuple[AugmentParams, np.ndarray]:
-        """Sample parameters for keypoints (K, 3) and the box (center, scale) of an image ``image_width`` wide.
+        """Sample the geometry for ``instance``, whose padded, aspect-fixed box is (``center``, ``scale``).
 
         Returns the parameters and the keypoints (K, 3) in the frame of the parameters (mirrored and left/right
         swapped when flipped).
         """
-        kpts = np.asarray(keypoints, dtype=np.float64)
+        kpts = np.asarray(instance.keypoints, dtype=np.float64)
         center = np.asarray(center, dtype=np.float64)
         scale = np.asarray(scale, dtype=np.float64)
+        image_width = instance.image_size[0]
+        if self.shift_mode == "dataset":
+            center = center + self.dataset_shift(instance.ann_id, instance.bbox)
         flipped = bool(rng.random() < self.flip_prob)
         if flipped:
             kpts = flip_keypoints(kpts, image_width, self.meta.flip_indices)
@@ -234,11 +293,11 @@ class TopDownAugment:
         half = False
         if (kpts[:, 2] > 0).sum() > self.half_body_min_kpts and rng.random() < self.half_body_prob:
             box = half_body_box(kpts, self.meta.upper_body_ids, self.meta.lower_body_ids, aspect_ratio, rng,
-                                padding=self.half_body_padding)
+                                padding=self.half_body_padding, center=self.half_body_center)
             if box is not None:
                 center, scale = box
                 half = True
-        if rng.random() < self.shift_prob:
+        if self.shift_mode == "sample" and rng.random() < self.shift_prob:
             center = center + np.clip(rng.standard_normal(2), -1.0, 1.0) * self.shift_factor * scale
         sf = self.scale_factor
         scale = scale * np.clip(rng.standard_normal() * sf + 1.0, 1.0 - sf, 1.0 + sf)
@@ -247,6 +306,13 @@ class TopDownAugment:
             rf = self.rot_factor
             rot = float(np.clip(rng.standard_normal() * rf, -2.0 * rf, 2.0 * rf))
         return AugmentParams(flipped, center, scale, rot, half), kpts
+
+    def apply_photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The photometric transforms on an RGB uint8 crop (H, W, 3), seeded from ``rng`` (unchanged when off)."""
+        if self._photometric is None:
+            return image
+        self._photometric.set_random_seed(int(rng.integers(2**31 - 1)))
+        return self._photometric(image=image)["image"]
 
 
 # ------------------------------------------------------------------------------------------------- pixels
@@ -311,14 +377,14 @@ class TopDownTransform:
     """Instance -> network input and input-space keypoints.
 
     Args:
-        meta: keypoint layout (flip indices, half-body groups).
+        meta: keypoint layout (flip indices).
         input_size: (W, H) of the network input.
-        train: sample augmentation (else centre/scale + warp only; ``rng`` is then unused).
-        flip_prob, half_body_prob, half_body_min_kpts, shift_prob, shift_factor, scale_factor, rot_factor,
-            rot_prob: see :class:`TopDownAugment`.
-        photometric: albumentations spec (:func:`build_photometric`); None = off.
-        normalization: ``"imagenet"`` (CLAMP) or ``"clip"`` mean/std.
-        reduced_decode: decode JPEGs at 1/2 or 1/4 resolution when the crop is shrunk at least that much.
+        augment: the training augmentation; None = evaluation (centre/scale + warp only, no Generator needed).
+        normalization: ``"imagenet"`` (CLAMP) or ``"clip"``, or a pair (mean, std) of RGB triples on the [0, 1]
+            scale (a model spec's).
+        reduced_decode: decode JPEGs at 1/2 or 1/4 resolution when the crop is shrunk at least that much
+            (several times faster; it changes pixels: libjpeg's DCT scaling anti-aliases the down-sampling that
+            a full decode + bilinear warp aliases). CLAMP decodes in full.
         padding: box padding (1.25).
     """
 
@@ -327,45 +393,30 @@ class TopDownTransform:
         meta: DatasetMeta,
         input_size: tuple[int, int] = (256, 256),
         *,
-        train: bool,
-        flip_prob: float = 0.5,
-        half_body_prob: float = 0.3,
-        half_body_min_kpts: int = 8,
-        shift_prob: float = 0.3,
-        shift_factor: float = 0.16,
-        scale_factor: float = 0.5,
-        rot_factor: float = 40.0,
-        rot_prob: float = 0.6,
-        photometric: dict[str, Any] | None = None,
-        normalization: str = "imagenet",
-        reduced_decode: bool = True,
+        augment: TopDownAugment | None = None,
+        normalization: str | tuple[Sequence[float], Sequence[float]] = "imagenet",
+        reduced_decode: bool = False,
         padding: float = 1.25,
     ) -> None:
-        if normalization not in NORMALIZATION:
+        if isinstance(normalization, str) and normalization not in NORMALIZATION:
             raise ValueError(f"normalization must be one of {sorted(NORMALIZATION)}, got {normalization!r}")
+        if augment is not None and augment.meta.num_keypoints != meta.num_keypoints:
+            raise ValueError(f"augment is for {augment.meta.num_keypoints} keypoints, the transform for "
+                             f"{meta.num_keypoints}")
         self.meta = meta
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.aspect_ratio = self.input_size[0] / self.input_size[1]
-        self.train = bool(train)
+        self.augment = augment
         self.padding = padding
-        self.reduced_decode = reduced_decode
-        self.normalization = normalization
-        self.augment = TopDownAugment(
-            meta,
-            flip_prob=flip_prob,
-            half_body_prob=half_body_prob,
-            half_body_min_kpts=half_body_min_kpts,
-            shift_prob=shift_prob,
-            shift_factor=shift_factor,
-            scale_factor=scale_factor,
-            rot_factor=rot_factor,
-            rot_prob=rot_prob,
-        )
-        self.photometric = build_photometric(photometric)
-        mean, std = NORMALIZATION[normalization]
-        # (x / 255 - mean) / std == x * a - b, on RGB channels
-        self._norm_a = (1.0 / (255.0 * np.asarray(std, dtype=np.float32))).astype(np.float32)
-        self._norm_b = (np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)).astype(np.float32)
+        self.reduced_decode = bool(reduced_decode)
+        named = isinstance(normalization, str)
+        self.normalization = normalization if named else "custom"
+        self.mean, self.std = NORMALIZATION[normalization] if named else normalization
+
+    @property
+    def train(self) -> bool:
+        """Whether samples are augmented (and need a Generator)."""
+        return self.augment is not None
 
     def _reduction(self, scale: np.ndarray) -> int:
         """Largest f in {4, 2} with the crop at least f times the input in both dimensions, else 1."""
@@ -385,28 +436,28 @@ class TopDownTransform:
             the final crop box, in the flipped image's frame when ``flipped``; ``rotation`` (degrees);
             ``flipped``; ``warp_matrix`` float64 (2, 3) mapping ORIGINAL image pixels to input pixels.
         """
-        img_w, img_h = instance.image_size
+        img_w = instance.image_size[0]
         kpts = np.asarray(instance.keypoints, dtype=np.float64)
         center, scale = bbox_xywh_to_center_scale(instance.bbox, self.aspect_ratio, self.padding)
         flipped, rotation = False, 0.0
-        if self.train:
+        if self.augment is None:
+            # the test-time crop of inference (clamp_pl.api) too: one function for both
+            img, f = read_image(instance.image_path, self._reduction(scale), instance.image_size)
+            chw, center, scale = crop_and_normalize(img, instance.bbox, self.input_size, self.mean, self.std,
+                                                    self.padding, bgr=True, decode_factor=f)
+            frame_to_input = image_to_input = get_warp_matrix(center, scale, 0.0, self.input_size)
+        else:
             if rng is None:
-                raise ValueError("TopDownTransform(train=True) needs a numpy Generator")
-            params, kpts = self.augment(kpts, center, scale, img_w, self.aspect_ratio, rng)
+                raise ValueError("a training TopDownTransform (with augment) needs a numpy Generator")
+            params, kpts = self.augment(instance, center, scale, self.aspect_ratio, rng)
             flipped, center, scale, rotation = params.flipped, params.center, params.scale, params.rotation
-        frame_to_input = get_warp_matrix(center, scale, rotation, self.input_size)
-        image_to_input = frame_to_input
-        if flipped:
-            image_to_input = frame_to_input @ _flip_matrix(img_w)
-        image = self._warp(instance, image_to_input, scale)
-        if self.photometric is not None:
-            if rng is not None:
-                self.photometric.set_random_seed(int(rng.integers(2**31 - 1)))
-            image = self.photometric(image=image)["image"]
-        # transposing the uint8 crop first and normalising in place is ~8x faster than the float HWC route
-        chw = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
-        chw *= self._norm_a[:, None, None]
-        chw -= self._norm_b[:, None, None]
+            frame_to_input = get_warp_matrix(center, scale, rotation, self.input_size)
+            image_to_input = frame_to_input
+            if flipped:
+                image_to_input = frame_to_input @ _flip_matrix(img_w)
+            img, f = read_image(instance.image_path, self._reduction(scale), instance.image_size)
+            image = warp_crop(img, image_to_input, self.input_size, bgr=True, decode_factor=f)
+            chw = normalize_chw(self.augment.apply_photometric(image, rng), self.mean, self.std)
         return {
             "image": chw,
             "keypoints": affine_points(kpts[:, :2], frame_to_input).astype(np.float32),
@@ -418,13 +469,65 @@ class TopDownTransform:
             "warp_matrix": image_to_input,
         }
 
-    def _warp(self, instance: Instance, image_to_input: np.ndarray, scale: np.ndarray) -> np.ndarray:
-        """Read the image (reduced when allowed) and warp it once; returns RGB uint8 (H, W, 3)."""
-        img, f = read_image(instance.image_path, self._reduction(scale), instance.image_size)
-        mat = image_to_input
-        if f > 1:
-            # reduced pixel -> full pixel: x_full = f * x_red + (f - 1) / 2
-            off = (f - 1) * 0.5
-            mat = image_to_input @ np.array([[f, 0.0, off], [0.0, f, off], [0.0, 0.0, 1.0]])
-        crop = cv2.warpAffine(img, mat, self.input_size, flags=cv2.INTER_LINEAR)
-        return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB)
+
+
+def warp_crop(
+    image: np.ndarray, image_to_input: np.ndarray, input_size: tuple[int, int], *, bgr: bool = False,
+    decode_factor: int = 1,
+) -> np.ndarray:
+    """ONE bilinear ``cv2.warpAffine`` of ``image`` (uint8 (h, w, 3)) by the (2, 3) matrix from full-resolution
+    image pixels to input pixels; returns the RGB uint8 crop (H, W, 3).
+
+    Args:
+        bgr: the image is BGR (cv2's decoding): the channels are swapped on the small crop, which gives the very
+            pixels of warping the RGB image (the warp treats channels alike).
+        decode_factor: the image was decoded at 1/f resolution (:func:`read_image`); reduced pixel x maps to
+            full pixel f * x + (f - 1) / 2.
+    """
+    mat = image_to_input
+    if decode_factor > 1:
+        f = decode_factor
+        off = (f - 1) * 0.5
+        mat = image_to_input @ np.array([[f, 0.0, off], [0.0, f, off], [0.0, 0.0, 1.0]])
+    crop = cv2.warpAffine(image, mat, tuple(input_size), flags=cv2.INTER_LINEAR)
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB) if bgr else crop
+
+
+def normalize_chw(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> float32 (3, H, W) ``(pixel / 255 - mean) / std`` (mean/std on the [0, 1] scale),
+    computed as ``pixel * a - b``; transposing the uint8 crop first and normalising in place is ~8x faster than
+    the float HWC route."""
+    std32 = np.asarray(std, dtype=np.float32)
+    a = (1.0 / (255.0 * std32)).astype(np.float32)
+    b = (np.asarray(mean, dtype=np.float32) / std32).astype(np.float32)
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
+    chw *= a[:, None, None]
+    chw -= b[:, None, None]
+    return chw
+
+
+def crop_and_normalize(
+    image: np.ndarray,
+    bbox: Sequence[float],
+    input_size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    padding: float,
+    *,
+    bgr: bool = False,
+    decode_factor: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The test-time crop of one box, for evaluation (:class:`TopDownTransform` without augmentation) and
+    inference (:class:`clamp_pl.api.PoseEstimator`) alike.
+
+    The box ``[x, y, w, h]`` (image pixels) becomes a centre and a scale (aspect ratio fixed to W/H, times
+    ``padding``), ONE bilinear warp cuts the crop (:func:`warp_crop`) and it is normalised (:func:`normalize_chw`).
+
+    Returns:
+        crop float32 (3, H, W) normalised RGB, ``center`` (2,) and ``scale`` (2,) float64 in image pixels.
+    """
+    w, h = int(input_size[0]), int(input_size[1])
+    center, scale = bbox_xywh_to_center_scale(np.asarray(bbox[:4], dtype=np.float64), w / h, padding)
+    mat = get_warp_matrix(center, scale, 0.0, (w, h))
+    crop = warp_crop(image, mat, (w, h), bgr=bgr, decode_factor=decode_factor)
+    return normalize_chw(crop, mean, std), center, scale

@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 import torch
+from conftest import augment_config
 from torch.utils.data import DataLoader
 
 from clamp_pl.codecs import MSRAHeatmap
 from clamp_pl.data.coco import load_coco_instances
 from clamp_pl.data.dataset import TopDownDataset
 from clamp_pl.data.metainfo import get_meta
-from clamp_pl.data.transforms import TopDownTransform
+from clamp_pl.data.transforms import TopDownAugment, TopDownTransform
 
 AP10K = get_meta("ap10k")
 
@@ -20,7 +21,8 @@ def instances(test_data):
 
 
 def _dataset(instances, train, seed=0):
-    return TopDownDataset(instances, TopDownTransform(AP10K, train=train), MSRAHeatmap(), (16, 16), seed=seed)
+    augment = TopDownAugment(meta=AP10K, **augment_config()) if train else None
+    return TopDownDataset(instances, TopDownTransform(AP10K, augment=augment), MSRAHeatmap(), (16, 16), seed=seed)
 
 
 def test_item_shapes_and_targets(instances):
@@ -105,4 +107,4 @@ def test_persistent_workers_get_new_augmentation_every_epoch(instances):
 
 def test_codec_and_transform_sizes_must_agree(instances):
     with pytest.raises(ValueError, match="input_size"):
-        TopDownDataset(instances, TopDownTransform(AP10K, (192, 256), train=False), MSRAHeatmap(), (12, 16))
+        TopDownDataset(instances, TopDownTransform(AP10K, (192, 256)), MSRAHeatmap(), (12, 16))

@@ -1,10 +1,16 @@
+import dataclasses
 import math
 
 import cv2
 import numpy as np
 import pytest
+import torch
+from conftest import augment_config
+from torch.utils.data import DataLoader
 
+from clamp_pl.codecs import MSRAHeatmap
 from clamp_pl.data.coco import DataError, Instance, load_coco_instances
+from clamp_pl.data.dataset import TopDownDataset
 from clamp_pl.data.metainfo import get_meta
 from clamp_pl.data.transforms import (
     NORMALIZATION,
@@ -23,6 +29,13 @@ from clamp_pl.data.transforms import (
 
 AP10K = get_meta("ap10k")
 NO_AUG = dict(half_body_prob=0.0, shift_prob=0.0, scale_factor=0.0, rot_prob=0.0)
+#: everything off but the centre shift, so that a sample's centre minus the box centre is the shift
+SHIFT_ONLY = dict(flip_prob=0.0, half_body_prob=0.0, scale_factor=0.0, rot_prob=0.0, shift_prob=0.3)
+
+
+def aug(seed: int = 0, **overrides) -> TopDownAugment:
+    """The configured augmentation (conf/data/_base.yaml) with ``overrides``."""
+    return TopDownAugment(meta=AP10K, seed=seed, **augment_config(**overrides))
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +157,8 @@ def test_half_body_none_with_too_few_points():
 
 def test_augment_half_body_crops_to_the_group(ap10k_instances):
     inst = ap10k_instances[6]
-    t = TopDownTransform(AP10K, train=True, flip_prob=0.0, half_body_prob=1.0, shift_prob=0.0, scale_factor=0.0,
-                         rot_prob=0.0)
+    t = TopDownTransform(AP10K, augment=aug(flip_prob=0.0, half_body_prob=1.0, shift_prob=0.0, scale_factor=0.0,
+                                            rot_prob=0.0))
     for seed in range(6):
         out = t(inst, np.random.default_rng(seed))
         vis = out["visible"] > 0
@@ -155,13 +168,21 @@ def test_augment_half_body_crops_to_the_group(ap10k_instances):
         assert out["scale"][0] < 429 * 1.25  # smaller than the full box
 
 
+def _box_instance(ann_id=1, bbox=(10.0, 20.0, 80.0, 60.0), image_size=(200, 200), kpts=None):
+    """An instance that no pixel is read of: only its box, keypoints and id matter to the augmentation."""
+    kpts = np.zeros((17, 3), np.float32) if kpts is None else np.asarray(kpts, np.float32)
+    return Instance(ann_id=ann_id, image_id=1, image_path="unused.jpg", image_size=image_size,
+                    bbox=np.asarray(bbox, np.float32), keypoints=kpts, category_id=1, species="a", family="b",
+                    area=float(bbox[2] * bbox[3]))
+
+
 def test_augment_ranges():
-    aug = TopDownAugment(AP10K)
-    kpts = np.zeros((17, 3))
+    augment = aug()
+    inst = _box_instance(image_size=(200, 200))
     rng = np.random.default_rng(0)
     rots, scales, flips = [], [], []
     for _ in range(2000):
-        p, _ = aug(kpts, np.array([50.0, 50.0]), np.array([100.0, 100.0]), 200, 1.0, rng)
+        p, _ = augment(inst, np.array([50.0, 50.0]), np.array([100.0, 100.0]), 1.0, rng)
         rots.append(p.rotation)
         scales.append(p.scale[0] / 100.0)
         flips.append(p.flipped)
@@ -174,9 +195,8 @@ def test_augment_ranges():
 # ------------------------------------------------------------------------------------------------- samples
 def test_forced_flip_equals_mirror_plus_swap(ap10k_instances):
     inst = ap10k_instances[6]
-    kw = dict(train=True, reduced_decode=False, **NO_AUG)
-    flipped = TopDownTransform(AP10K, flip_prob=1.0, **kw)(inst, np.random.default_rng(0))
-    plain = TopDownTransform(AP10K, flip_prob=0.0, **kw)(inst, np.random.default_rng(0))
+    flipped = TopDownTransform(AP10K, augment=aug(flip_prob=1.0, **NO_AUG))(inst, np.random.default_rng(0))
+    plain = TopDownTransform(AP10K, augment=aug(flip_prob=0.0, **NO_AUG))(inst, np.random.default_rng(0))
     assert flipped["flipped"] and not plain["flipped"]
     # mmpose flips about x -> W - 1 - x in the image, which lands one input pixel off a mirror of the crop:
     # flipped column j shows plain column 256 - j
@@ -191,7 +211,7 @@ def test_forced_flip_equals_mirror_plus_swap(ap10k_instances):
 @pytest.mark.parametrize("seed", range(8))
 def test_keypoints_follow_the_warp_matrix(ap10k_instances, seed):
     inst = ap10k_instances[9284]
-    out = TopDownTransform(AP10K, train=True, flip_prob=0.5)(inst, np.random.default_rng(seed))
+    out = TopDownTransform(AP10K, augment=aug(flip_prob=0.5))(inst, np.random.default_rng(seed))
     order = list(AP10K.flip_indices) if out["flipped"] else list(range(17))
     expected = affine_points(inst.keypoints[order, :2], out["warp_matrix"])
     vis = out["visible"] > 0
@@ -226,7 +246,8 @@ def test_image_content_follows_keypoints(tmp_path, suffix):
     """Blobs drawn at the keypoints are found at the transformed keypoints (flip, half-body, shift, scale,
     rotation and reduced decoding all on)."""
     inst = _blob_instance(tmp_path, suffix)
-    t = TopDownTransform(AP10K, input_size=(192, 256), train=True, scale_factor=0.5, half_body_prob=0.5)
+    t = TopDownTransform(AP10K, input_size=(192, 256), augment=aug(scale_factor=0.5, half_body_prob=0.5),
+                         reduced_decode=True)
     reductions = set()
     for seed in range(12):
         out = t(inst, np.random.default_rng(seed))
@@ -267,8 +288,8 @@ def test_reduced_decode_mapping_on_a_smooth_image(tmp_path):
 @pytest.mark.parametrize("size", [(256, 256), (128, 128)])
 def test_reduced_decode_same_crop(ap10k_instances, size):
     for inst in ap10k_instances.values():
-        fast = TopDownTransform(AP10K, size, train=False, reduced_decode=True)
-        slow = TopDownTransform(AP10K, size, train=False, reduced_decode=False)
+        fast = TopDownTransform(AP10K, size, reduced_decode=True)
+        slow = TopDownTransform(AP10K, size, reduced_decode=False)
         a, b = fast(inst), slow(inst)
         assert fast._reduction(a["scale"]) in (2, 4)
         np.testing.assert_array_equal(a["keypoints"], b["keypoints"])
@@ -285,7 +306,7 @@ def test_reduced_decode_same_crop(ap10k_instances, size):
 
 def test_eval_transform_is_deterministic_center_scale_only(ap10k_instances):
     inst = ap10k_instances[6]
-    t = TopDownTransform(AP10K, train=False)
+    t = TopDownTransform(AP10K)
     out = t(inst)
     np.testing.assert_allclose(out["center"], [408 + 429 / 2, 197 + 341 / 2])
     np.testing.assert_allclose(out["scale"], [429 * 1.25, 429 * 1.25])
@@ -302,12 +323,12 @@ def test_normalization_options(tmp_path):
     kpts = np.zeros((17, 3), np.float32)
     inst = Instance(1, 1, str(path), (300, 300), np.array([50, 50, 200, 200], np.float32), kpts, 1, "a", "b", 1.0)
     for name in ("imagenet", "clip"):
-        out = TopDownTransform(AP10K, train=False, normalization=name)(inst)
+        out = TopDownTransform(AP10K, normalization=name)(inst)
         mean, std = NORMALIZATION[name]
         np.testing.assert_allclose(out["image"][:, 128, 128], (128 / 255 - np.array(mean)) / np.array(std),
                                    rtol=1e-5)
     with pytest.raises(ValueError, match="normalization"):
-        TopDownTransform(AP10K, train=False, normalization="coco")
+        TopDownTransform(AP10K, normalization="coco")
 
 
 def test_rgb_channel_order(tmp_path):
@@ -317,7 +338,7 @@ def test_rgb_channel_order(tmp_path):
     cv2.imwrite(str(path), bgr)
     inst = Instance(1, 1, str(path), (100, 100), np.array([10, 10, 80, 80], np.float32), np.zeros((17, 3),
                     np.float32), 1, "a", "b", 1.0)
-    rgb = _to_uint8(TopDownTransform(AP10K, train=False)(inst)["image"])[128, 128]
+    rgb = _to_uint8(TopDownTransform(AP10K)(inst)["image"])[128, 128]
     np.testing.assert_allclose(rgb, [255, 0, 0], atol=1e-3)
 
 
@@ -327,24 +348,24 @@ def test_unreadable_image_raises_data_error(tmp_path, ap10k_instances):
     inst = ap10k_instances[6]
     inst = Instance(**{**inst.__dict__, "image_path": str(bad)})
     with pytest.raises(DataError, match="bad.jpg"):
-        TopDownTransform(AP10K, train=False)(inst)
+        TopDownTransform(AP10K)(inst)
     inst = Instance(**{**inst.__dict__, "image_path": str(tmp_path / "missing.png")})
     with pytest.raises(DataError, match="missing.png"):
-        TopDownTransform(AP10K, train=False)(inst)
+        TopDownTransform(AP10K)(inst)
 
 
 def test_image_size_changed_on_disk_raises(ap10k_instances):
     inst = ap10k_instances[6]
     inst = Instance(**{**inst.__dict__, "image_size": (1000, 683)})
     with pytest.raises(DataError, match="1024x683 but the annotation says 1000x683"):
-        TopDownTransform(AP10K, train=False, reduced_decode=False)(inst)
+        TopDownTransform(AP10K)(inst)
 
 
 def test_photometric(ap10k_instances):
     inst = ap10k_instances[6]
     spec = {"ColorJitter": {"brightness": 0.4, "contrast": 0.4, "p": 1.0}}
-    t = TopDownTransform(AP10K, train=True, photometric=spec, **NO_AUG)
-    plain = TopDownTransform(AP10K, train=True, **NO_AUG)
+    t = TopDownTransform(AP10K, augment=aug(photometric=spec, **NO_AUG))
+    plain = TopDownTransform(AP10K, augment=aug(**NO_AUG))
     a, b = t(inst, np.random.default_rng(0)), t(inst, np.random.default_rng(0))
     np.testing.assert_array_equal(a["image"], b["image"])  # seeded from the sample's rng
     assert not np.allclose(a["image"], plain(inst, np.random.default_rng(0))["image"])
@@ -357,3 +378,130 @@ def test_photometric(ap10k_instances):
         build_photometric({"HorizontalFlip": {}})
     with pytest.raises(ValueError, match="no transform"):
         build_photometric({"NoSuchTransform": {}})
+
+
+# ------------------------------------------------------------------------------------------------- settings
+def test_every_augment_setting_has_its_one_default_in_the_config():
+    """conf/data/_base.yaml's augment node holds exactly the settings of TopDownAugment (no Python defaults)."""
+    fields = {f.name for f in dataclasses.fields(TopDownAugment) if f.init} - {"meta", "seed"}
+    assert set(augment_config()) == fields
+    required = {f.name for f in dataclasses.fields(TopDownAugment)
+                if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    assert required == fields | {"meta"}
+
+
+@pytest.mark.parametrize(("key", "value", "match"), [
+    ("flip_prob", 1.5, "flip_prob"), ("rot_prob", -0.1, "rot_prob"), ("shift_mode", "epoch", "shift_mode"),
+    ("half_body_center", "median", "half_body_center"), ("scale_factor", 1.0, "scale_factor"),
+    ("shift_factor", -0.1, "shift_factor"),
+])
+def test_bad_augment_settings_are_errors_naming_the_field(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        aug(**{key: value})
+
+
+def test_half_body_center_mean_or_extent():
+    kpts = np.zeros((17, 3))
+    kpts[list(AP10K.upper_body_ids)[:4]] = [[0, 0, 2], [10, 0, 2], [12, 0, 2], [0, 30, 2]]
+    ext = half_body_box(kpts, AP10K.upper_body_ids, AP10K.lower_body_ids, 1.0, np.random.default_rng(0))
+    mean = half_body_box(kpts, AP10K.upper_body_ids, AP10K.lower_body_ids, 1.0, np.random.default_rng(0),
+                         center="mean")
+    np.testing.assert_allclose(ext[0], [6.0, 15.0])
+    np.testing.assert_allclose(mean[0], [5.5, 7.5])
+    np.testing.assert_allclose(ext[1], mean[1])  # same extent, same size
+
+
+# ------------------------------------------------------------------------------------------------- centre shift
+def _shifts(augment, inst, seeds):
+    """Centre offsets (N, 2) of the samples drawn with ``seeds`` (only the shift on: see SHIFT_ONLY)."""
+    center, scale = bbox_xywh_to_center_scale(inst.bbox, 1.0)
+    return np.array([augment(inst, center, scale, 1.0, np.random.default_rng(s))[0].center - center
+                     for s in seeds])
+
+
+def test_shift_mode_sample_draws_a_new_truncated_normal_shift_per_sample():
+    augment = aug(shift_mode="sample", **SHIFT_ONLY)
+    inst = _box_instance(bbox=(10.0, 20.0, 80.0, 60.0))  # padded, aspect-fixed box: 100 x 100
+    d = _shifts(augment, inst, range(3000))
+    shifted = np.any(d != 0, axis=1)
+    assert 0.27 < shifted.mean() < 0.33
+    bound = 0.16 * 100.0
+    r = d[shifted] / bound
+    assert np.abs(r).max() <= 1.0 + 1e-12
+    # clip(N(0, 1), -1, 1): P(|x| = 1) = P(|N| > 1) = 0.317 per axis
+    assert 0.28 < np.mean(np.isclose(np.abs(r), 1.0)) < 0.36
+    # not a property of the instance: the same instance gets other shifts from other samples
+    inner = np.all(np.abs(r) < 1.0, axis=1)
+    assert inner.sum() > 300 and len(np.unique(r[inner], axis=0)) == inner.sum()
+
+
+def test_shift_mode_dataset_is_one_uniform_shift_per_instance_fixed_by_the_seed():
+    augment = aug(seed=7, shift_mode="dataset", **{**SHIFT_ONLY, "shift_factor": 0.2})
+    wh = np.array([80.0, 60.0])  # the unpadded box; its padded, aspect-fixed box is 100 x 100
+    per_instance = []
+    for ann_id in range(1, 1001):
+        inst = _box_instance(ann_id=ann_id, bbox=(10.0, 20.0, *wh))
+        d = _shifts(augment, inst, range(4))  # four samples (epochs, workers) of the same instance
+        np.testing.assert_array_equal(d, np.broadcast_to(d[0], d.shape))
+        np.testing.assert_allclose(d[0], augment.dataset_shift(ann_id, inst.bbox), atol=1e-9)
+        per_instance.append(d[0])
+    d = np.array(per_instance)
+    shifted = np.any(d != 0, axis=1)
+    assert 0.26 < shifted.mean() < 0.34
+    r = d[shifted] / (0.2 * wh)  # U(-1, 1) on each axis, relative to the UNPADDED box
+    assert np.abs(r).max() < 1.0 and np.abs(r).max() > 0.97
+    assert np.std(r) == pytest.approx(1 / math.sqrt(3), abs=0.05)
+    # reproducible from the seed, and another seed draws other shifts
+    again = aug(seed=7, shift_mode="dataset", **{**SHIFT_ONLY, "shift_factor": 0.2})
+    other = aug(seed=8, shift_mode="dataset", **{**SHIFT_ONLY, "shift_factor": 0.2})
+    box = np.array([10.0, 20.0, *wh])
+    assert all(np.array_equal(augment.dataset_shift(i, box), again.dataset_shift(i, box)) for i in range(1, 200))
+    assert not all(np.array_equal(augment.dataset_shift(i, box), other.dataset_shift(i, box))
+                   for i in range(1, 200))
+
+
+def test_shift_mode_dataset_moves_with_the_flip_and_yields_to_half_body():
+    augment = aug(seed=0, shift_mode="dataset", shift_prob=1.0, flip_prob=1.0, half_body_prob=0.0,
+                  scale_factor=0.0, rot_prob=0.0)
+    inst = _box_instance(ann_id=3, bbox=(10.0, 20.0, 80.0, 60.0), image_size=(200, 150))
+    center, scale = bbox_xywh_to_center_scale(inst.bbox, 1.0)
+    offset = augment.dataset_shift(3, inst.bbox)
+    assert np.all(offset != 0)
+    params, _ = augment(inst, center, scale, 1.0, np.random.default_rng(0))
+    assert params.flipped
+    np.testing.assert_allclose(params.center, [199 - (center[0] + offset[0]), center[1] + offset[1]])
+    # a half-body box replaces the (shifted) instance box
+    kpts = np.zeros((17, 3))
+    kpts[:, :2] = np.random.default_rng(1).uniform(20, 80, (17, 2))
+    kpts[:, 2] = 2
+    half = aug(seed=0, shift_mode="dataset", shift_prob=1.0, flip_prob=0.0, half_body_prob=1.0, scale_factor=0.0,
+               rot_prob=0.0)
+    inst = _box_instance(ann_id=3, bbox=(10.0, 20.0, 80.0, 60.0), kpts=kpts)
+    params, _ = half(inst, center, scale, 1.0, np.random.default_rng(0))
+    assert params.half_body
+    # the generator draws the flip first, then the half-body test, then the half's choice
+    rng = np.random.default_rng(0)
+    rng.random(), rng.random()
+    box = half_body_box(kpts, AP10K.upper_body_ids, AP10K.lower_body_ids, 1.0, rng)
+    np.testing.assert_allclose(params.center, box[0])
+
+
+def test_shift_mode_dataset_is_the_same_in_every_worker_and_epoch(ap10k_instances):
+    """Through TopDownDataset and a 2-worker DataLoader, two epochs: each instance's centre is its fixed shift."""
+    base = ap10k_instances[6]
+    insts = [dataclasses.replace(base, ann_id=i) for i in range(1, 13)]
+    augment = aug(seed=3, shift_mode="dataset", **{**SHIFT_ONLY, "shift_prob": 0.5, "shift_factor": 0.2})
+    ds = TopDownDataset(insts, TopDownTransform(AP10K, (64, 64), augment=augment), MSRAHeatmap((64, 64), (16, 16)),
+                        (4, 4), seed=3)
+    torch.manual_seed(0)
+    loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=2, persistent_workers=True)
+    center0, _ = bbox_xywh_to_center_scale(base.bbox, 1.0)
+    expected = {i.ann_id: center0 + augment.dataset_shift(i.ann_id, i.bbox) for i in insts}
+    assert sum(not np.allclose(e, center0) for e in expected.values()) >= 3  # some are shifted
+    for _ in range(2):
+        seen = 0
+        for batch in loader:
+            for ann_id, center in zip(batch["ann_id"].tolist(), batch["center"].numpy()):
+                np.testing.assert_allclose(center, expected[ann_id], atol=1e-3)
+                seen += 1
+        assert seen == len(insts)

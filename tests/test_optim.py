@@ -1,0 +1,83 @@
+"""``clamp_pl.optim``: the parameter groups are those PoseLitModule built inline before they moved here, and the
+module and the benchmark scripts use them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from clamp_pl.models import CLAMP
+from clamp_pl.models.clamp import no_weight_decay
+from clamp_pl.optim import adamw, fused_supported, param_groups
+from clamp_pl.pose_module import PoseLitModule
+
+NET = dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
+           upconv_num_deconv=3, upconv_channels=16)
+PROMPTS = ["left eye", "right eye", "nose", "left paw", "right paw"]
+OPT = {"lr": 1e-3, "weight_decay": 0.05, "backbone_lr_mult": 0.1}
+
+
+def _reference_groups(net, lr, wd, mult, keys=None):
+    """The grouping PoseLitModule.configure_optimizers wrote out inline, kept verbatim as the reference."""
+    groups = {}
+    for group, named in net.param_groups().items():
+        if group == "text":
+            continue
+        for name, p in named:
+            if p.requires_grad:
+                groups.setdefault((group, no_weight_decay(name, p, keys)), []).append(p)
+    return [
+        {"params": params, "lr": lr * (mult if group == "backbone" else 1.0), "weight_decay": 0.0 if no_wd else wd,
+         "name": f"{group}{'_no_wd' if no_wd else ''}"}
+        for (group, no_wd), params in sorted(groups.items())
+    ]
+
+
+def _summary(groups):
+    return [(g["name"], g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in groups]
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return CLAMP(prompts=PROMPTS, heatmap_size=(32, 32), **NET)
+
+
+@pytest.mark.parametrize("keys", [None, ["norm"], ["bias", "norm"]])
+def test_groups_equal_the_former_inline_groups(net, keys):
+    ours = param_groups(net, lr=2e-3, weight_decay=1e-4, backbone_lr_mult=0.1, no_decay_keys=keys)
+    assert _summary(ours) == _summary(_reference_groups(net, 2e-3, 1e-4, 0.1, keys))
+    names = [g["name"] for g in ours]
+    # clamp-tiny-rn names its norms bn*: the official ["norm"] rule leaves its backbone without a no-decay group
+    assert names == (["backbone", "head", "head_no_wd"] if keys == ["norm"]
+                     else ["backbone", "backbone_no_wd", "head", "head_no_wd"])
+    members = [id(p) for g in ours for p in g["params"]]
+    assert len(members) == len(set(members))  # each parameter once
+    assert set(members) == {id(p) for p in net.parameters() if p.requires_grad}
+    assert not set(members) & {id(p) for p in net.prompt_learner.text_tower.parameters()}
+
+
+def test_module_optimizer_uses_the_groups():
+    torch.manual_seed(0)
+    module = PoseLitModule(net=NET, prompts=PROMPTS, flip_indices=[1, 0, 2, 4, 3], sigmas=[0.07] * 5,
+                           heatmap_size=(32, 32), feature_stride=32, optimizer=OPT)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
+    opt = module.configure_optimizers()["optimizer"]
+    module.trainer = None
+    expected = _reference_groups(module.net, OPT["lr"], OPT["weight_decay"], OPT["backbone_lr_mult"])
+    got = [(g["name"], g["initial_lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups]
+    assert got == _summary(expected)
+    assert opt.defaults["fused"]  # auto: floating-point CPU parameters take the fused kernel
+
+
+def test_adamw_fused_choice_and_errors(net):
+    groups = param_groups(net, lr=1e-3, weight_decay=0.0, backbone_lr_mult=1.0)
+    assert adamw(groups).defaults["fused"] is True
+    assert adamw(groups, fused=False).defaults["fused"] is False
+    assert not fused_supported([torch.zeros(2, dtype=torch.int64)]) and not fused_supported([])
+    with pytest.raises(ValueError, match="model.optimizer.fused must be auto, true or false, not 'yes'"):
+        adamw(groups, fused="yes")
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        adamw([])
