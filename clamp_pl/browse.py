@@ -4,8 +4,10 @@ The crops come from the DataModule's own datasets (``setup("fit")``), so what is
 or evaluation reads: the top-down crop (train: with this run's augmentation), the keypoints in crop pixels with
 the skeleton (flip pairs already swapped on flipped crops), and, blended in, the target heatmaps (max over K).
 Writes ``browse_<split>.png`` (a mosaic) and ``browse_<split>.json`` (per tile: annotation and image ids,
-category, rotation, flip, visible keypoints) into the run dir; mmpose's ``tools/misc/browse_dataset.py`` plays
-the same part there.
+category, rotation, flip, visible keypoints; and the keypoint table: name, prompt, flip partner, upper/lower body,
+sigma) into the run dir, and prints the keypoint table; mmpose's ``tools/misc/browse_dataset.py`` plays the same
+part there. The crops are made with the configured model's preprocessing (its spec: input size, normalisation,
+box padding, heatmap codec), which is all of the model that is built.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import cv2
 import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from clamp_pl.data.metainfo import format_meta_table, meta_table
 from clamp_pl.utils.config import config_dir
 from clamp_pl.utils.run import task_wrapper
-from clamp_pl.visualization import denormalize, draw_pose, mosaic, save_rgb
+from clamp_pl.visualization import draw_pose, mosaic, save_rgb
 
 log = logging.getLogger("clamp_pl")
 
@@ -58,8 +60,9 @@ def render_samples(
     with torch.random.fork_rng(devices=[]):  # the dataset draws its augmentation from torch's global generator
         torch.manual_seed(seed)
         items = [ds[i] for i in picks]
+    mean, std = np.asarray(dm.spec.mean), np.asarray(dm.spec.std)
     for i, item in zip(picks, items):
-        img = denormalize(item["image"].numpy(), dm.normalization)
+        img = np.clip((item["image"].numpy().transpose(1, 2, 0) * std + mean) * 255.0, 0, 255).astype(np.uint8)
         if heatmaps:
             img = overlay_heatmaps(img, item["heatmaps"].numpy())
         vis = item["visible"].numpy()
@@ -82,15 +85,21 @@ def render_samples(
 
 @task_wrapper
 def browse(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    from clamp_pl.build import build_datamodule, build_spec
+
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dm = instantiate(cfg.data, report_dir=None, _convert_="all")
+    dm = build_datamodule(cfg)
+    meta = dm.ensure_meta()
+    dm.use_spec(build_spec(cfg, meta, dm.name))
     dm.setup("fit")
+    print(format_meta_table(meta))
     picture, records = render_samples(dm, cfg.split, int(cfg.n), int(cfg.seed), int(cfg.cols), bool(cfg.heatmaps))
     png, js = out / f"browse_{cfg.split}.png", out / f"browse_{cfg.split}.json"
     save_rgb(png, picture)
-    js.write_text(json.dumps({"dataset": dm.name, "split": cfg.split, "seed": int(cfg.seed), "tiles": records},
-                             indent=1))
+    js.write_text(json.dumps({"dataset": dm.name, "split": cfg.split, "seed": int(cfg.seed),
+                              "keypoints": meta_table(meta), "provenance": dict(meta.provenance),
+                              "tiles": records}, indent=1))
     log.info("%d %s crops of %s drawn to %s (tiles listed in %s)", len(records), cfg.split, dm.name, png, js)
     return {"picture": str(png), "records": str(js)}, {"datamodule": dm}
 

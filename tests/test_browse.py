@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 
 from clamp_pl.browse import browse, overlay_heatmaps, render_samples
 
@@ -22,8 +21,11 @@ def test_overlay_keeps_cold_pixels_and_colours_the_peaks():
 
 @pytest.fixture
 def toy_dm(make_cfg):
+    from clamp_pl.build import build_datamodule, build_spec
+
     cfg = make_cfg(config_name="browse")
-    dm = instantiate(cfg.data, report_dir=None, _convert_="all")
+    dm = build_datamodule(cfg)
+    dm.use_spec(build_spec(cfg, dm.ensure_meta(), dm.name))
     dm.setup("fit")
     return dm
 
@@ -57,3 +59,5 @@ def test_cli_writes_the_picture_and_the_tile_list(make_cfg, tmp_path):
     recs = json.loads((tmp_path / "run" / "browse_val.json").read_text())
     assert (tmp_path / "run" / "browse_val.png").stat().st_size > 1000
     assert out["picture"].endswith("browse_val.png") and len(recs["tiles"]) == 5 and recs["split"] == "val"
+    assert [r["name"] for r in recs["keypoints"]][:3] == ["left_eye", "right_eye", "nose"]
+    assert recs["keypoints"][0]["flip"] == "right_eye" and recs["keypoints"][0]["sigma"] == 0.025
