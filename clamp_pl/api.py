@@ -1,15 +1,18 @@
-"""Python API for inference with a trained checkpoint, without Lightning's Trainer.
+"""Python API for inference with a trained model: plain torch + numpy + cv2, no Lightning, Hydra or OmegaConf.
 
 >>> from clamp_pl.api import load_model
->>> est = load_model("logs/train/runs/2024-01-01_12-00-00")      # a run dir (best checkpoint) or a .ckpt
+>>> est = load_model("logs/train/runs/2024-01-01_12-00-00")   # a run dir (best checkpoint), .ckpt or model file
 >>> preds = est.predict(["cat.jpg"], boxes=[[[10, 20, 200, 150, 0.9]]])
 >>> preds[0][0]["keypoints"].shape                                  # (K, 2) image pixels
 (17, 2)
 
-Top-down, exactly as the test-time data pipeline: each box (xywh, image pixels) becomes a centre and a scale
-(aspect ratio fixed to the network input, padding 1.25), ONE bilinear ``cv2.warpAffine`` cuts the crop, which is
-normalised as in training; heatmaps (optionally flip-tested) are decoded by the checkpoint's codec and mapped back
-to image pixels (pixel centres at integer coordinates).
+Everything comes from the checkpoint's model spec (:class:`clamp_pl.spec.ModelSpec`): the plain
+:class:`clamp_pl.models.CLAMP` network, its heatmap codec and the test-time preprocessing. Top-down, with the very
+crop function of the test-time data pipeline (:func:`clamp_pl.data.transforms.crop_and_normalize`): each box (xywh,
+image pixels) becomes a centre and a scale (aspect ratio fixed to the network input, the spec's padding), ONE
+bilinear ``cv2.warpAffine`` cuts the crop, which is normalised with the spec's mean/std; heatmaps (optionally
+flip-tested) are decoded by the spec's codec and mapped back to image pixels (pixel centres at integer
+coordinates).
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import cv2
 import numpy as np
 import torch
 
-from clamp_pl.data.transforms import NORMALIZATION, bbox_xywh_to_center_scale, get_warp_matrix
-from clamp_pl.evaluation import rescore
-from clamp_pl.pose_module import PoseLitModule
-from clamp_pl.utils.run import resolve_checkpoint
+from clamp_pl.checkpoint import load_checkpoint, resolve_checkpoint
+from clamp_pl.data.transforms import crop_and_normalize
+from clamp_pl.decoding import decode_heatmaps, flip_test_heatmaps
+from clamp_pl.evaluation.coco_eval import rescore
+from clamp_pl.models import CLAMP
+from clamp_pl.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,6 @@ __all__ = [
     "load_model",
     "nearest_context_tokens",
     "read_image",
-    "run_normalization",
 ]
 
 #: file suffixes treated as images (lower case)
@@ -100,73 +104,50 @@ def _parse_box(box: Box, where: str) -> tuple[np.ndarray, float, int | None]:
     return xywh, score, None if cat is None else int(cat)
 
 
-def run_normalization(ckpt: str | Path) -> str | None:
-    """The ``data.normalization`` of the run a checkpoint belongs to (its ``.hydra/config.yaml``), or None."""
-    from omegaconf import OmegaConf
-
-    ckpt = Path(ckpt)
-    for folder in (ckpt.parent.parent, ckpt.parent):
-        cfg_file = folder / ".hydra" / "config.yaml"
-        if cfg_file.is_file():
-            try:
-                value = OmegaConf.load(cfg_file).get("data", {}).get("normalization")
-            except Exception as e:  # an unreadable config only loses the hint
-                log.warning("could not read %s: %s", cfg_file, e)
-                return None
-            return str(value) if value in NORMALIZATION else None
-    return None
-
-
 class PoseEstimator:
-    """A trained :class:`PoseLitModule` in eval mode plus the test-time preprocessing.
+    """A trained CLAMP network in eval mode with its codec and test-time preprocessing, all from its spec.
+
+    Args:
+        spec: the model spec.
+        net: the network of the spec with its trained weights (:meth:`ModelSpec.build_network` + load).
+        device: None = CUDA when available, else CPU.
+        checkpoint: the file it was loaded from (recorded in ``meta``).
 
     Attributes:
-        model: the LightningModule (eval mode, on ``device``).
-        meta: dataset meta from the checkpoint: ``keypoint_names``, ``prompts``, ``flip_indices``, ``sigmas``,
-            ``skeleton`` (0-based pairs), ``species`` (category id -> name), ``families``, ``dataset_name``,
-            ``input_size`` (W, H), ``heatmap_size`` (w, h), ``normalization``, ``padding``.
+        spec, net (:class:`clamp_pl.models.CLAMP`, eval mode, on ``device``), codec (the spec's
+            :class:`clamp_pl.codecs.MSRAHeatmap`).
+        meta: ``dataset_name``, ``keypoint_names``, ``prompts``, ``flip_indices``, ``sigmas``, ``skeleton``
+            (0-based pairs), ``species`` (category id -> name), ``families`` (family -> category ids),
+            ``input_size`` (W, H), ``heatmap_size`` (w, h), ``normalization``, ``mean``, ``std``, ``padding``,
+            ``checkpoint``.
         input_size: network input (W, H).
     """
 
-    def __init__(
-        self,
-        model: PoseLitModule,
-        normalization: str | tuple[Sequence[float], Sequence[float]] = "imagenet",
-        padding: float = 1.25,
-        device: str | torch.device | None = None,
-    ) -> None:
+    def __init__(self, spec: ModelSpec, net: CLAMP, device: str | torch.device | None = None,
+                 checkpoint: str | Path = "") -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
-        if isinstance(normalization, str):
-            if normalization not in NORMALIZATION:
-                raise ValueError(f"normalization must be one of {sorted(NORMALIZATION)} or (mean, std), "
-                                 f"got {normalization!r}")
-            mean, std = NORMALIZATION[normalization]
-        else:
-            mean, std = normalization
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
-        # (x / 255 - mean) / std == x * a - b, the exact float32 arithmetic of TopDownTransform
-        self._norm_a = (1.0 / (255.0 * self.std)).astype(np.float32)
-        self._norm_b = (self.mean / self.std).astype(np.float32)
-        self.padding = float(padding)
-        self.input_size = (int(model.image_size), int(model.image_size))
-        hp = model.hparams
+        self.spec = spec
+        self.net = net.to(self.device).eval()
+        self.codec = spec.build_codec()
+        self.input_size = spec.input_size
+        self.padding = spec.padding
+        meta = spec.dataset_meta()
         self.meta: dict[str, Any] = {
-            "dataset_name": hp.get("dataset_name", ""),
-            "keypoint_names": list(hp.get("keypoint_names") or []),
-            "prompts": list(hp.prompts),
-            "flip_indices": [int(i) for i in hp.flip_indices],
-            "sigmas": [float(s) for s in hp.sigmas],
-            "skeleton": [(int(a), int(b)) for a, b in (hp.get("skeleton") or [])],
-            "species": {int(k): str(v) for k, v in (hp.get("species") or {}).items()},
-            "families": {str(k): list(v) for k, v in (hp.get("families") or {}).items()},
-            "input_size": self.input_size,
-            "heatmap_size": tuple(int(v) for v in hp.heatmap_size),
-            "normalization": normalization if isinstance(normalization, str) else "custom",
-            "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std],
-            "padding": self.padding,
+            "dataset_name": spec.data_name,
+            "keypoint_names": list(meta.keypoint_names),
+            "prompts": list(meta.prompts),
+            "flip_indices": [int(i) for i in meta.flip_indices],
+            "sigmas": [float(s) for s in meta.sigmas],
+            "skeleton": [(int(a), int(b)) for a, b in meta.skeleton],
+            "species": dict(meta.species),
+            "families": meta.families,
+            "input_size": spec.input_size,
+            "heatmap_size": spec.heatmap_size,
+            "normalization": spec.normalization,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "padding": spec.padding,
+            "checkpoint": str(checkpoint),
         }
 
     @property
@@ -183,12 +164,7 @@ class PoseEstimator:
         Returns:
             crop float32 ``[3, H_in, W_in]`` (normalised RGB), center ``[2]`` and scale ``[2]`` (image pixels).
         """
-        w_in, h_in = self.input_size
-        center, scale = bbox_xywh_to_center_scale(np.asarray(bbox[:4]), w_in / h_in, self.padding)
-        mat = get_warp_matrix(center, scale, 0.0, self.input_size)
-        patch = cv2.warpAffine(image, mat, self.input_size, flags=cv2.INTER_LINEAR)
-        patch = patch.astype(np.float32) * self._norm_a - self._norm_b
-        return np.ascontiguousarray(patch.transpose(2, 0, 1)), center, scale
+        return crop_and_normalize(image, bbox, self.input_size, self.spec.mean, self.spec.std, self.padding)
 
     @torch.no_grad()
     def predict(
@@ -260,9 +236,9 @@ class PoseEstimator:
         kpts, scores = [], []
         for s in range(0, len(crops), batch_size):
             batch = torch.from_numpy(crops[s:s + batch_size]).to(self.device)
-            hm = self.model.predict_heatmaps(batch, flip_test=flip_test)
-            k, sc = self.model.decode(hm, torch.from_numpy(centers[s:s + batch_size]),
-                                      torch.from_numpy(scales[s:s + batch_size]))
+            hm = flip_test_heatmaps(lambda x: self.net(x)["heatmaps"], batch, self.spec.flip_indices, flip_test,
+                                    self.spec.shift_heatmap)
+            k, sc = decode_heatmaps(self.codec, hm, centers[s:s + batch_size], scales[s:s + batch_size])
             kpts.append(k)
             scores.append(sc)
         return np.concatenate(kpts), np.concatenate(scores)
@@ -271,7 +247,7 @@ class PoseEstimator:
     def score_maps(self, crops: np.ndarray) -> np.ndarray | None:
         """Cosine score maps ``[N, K, gh, gw]`` (one per prompt, in [-1, 1]) of normalised crops ``[N, 3, H, W]``;
         None for the image-only baseline."""
-        out = self.model(torch.from_numpy(np.ascontiguousarray(crops)).to(self.device))
+        out = self.net(torch.from_numpy(np.ascontiguousarray(crops)).to(self.device))
         maps = out.get("score_maps")
         return None if maps is None else maps.float().cpu().numpy()
 
@@ -287,31 +263,30 @@ def coco_result(instance: dict[str, Any], image_id: Any, default_category_id: in
             "bbox": [round(v, 2) for v in instance["bbox"]]}
 
 
-def load_model(
-    path: str | Path,
-    device: str | torch.device | None = None,
-    normalization: str | tuple[Sequence[float], Sequence[float]] | None = None,
-    padding: float = 1.25,
-) -> PoseEstimator:
-    """A ready :class:`PoseEstimator` from a run dir (its best checkpoint) or a ``.ckpt`` file.
+def load_model(path: str | Path, device: str | torch.device | None = None,
+               normalization: str | None = None) -> PoseEstimator:
+    """A ready :class:`PoseEstimator` from a run dir (its best checkpoint that loads), a Lightning ``.ckpt`` or a
+    model file (:func:`clamp_pl.checkpoint.save_model_file`). Read with ``weights_only=True``; the network is
+    built from the spec and nothing is downloaded.
 
-    The checkpoint is loaded with ``weights_only=True`` (its hyper-parameters are primitives). ``normalization``
-    None = the run's ``data.normalization`` when its ``.hydra/config.yaml`` is found, else ImageNet (CLAMP).
+    ``normalization``: only a check (the spec decides): a name other than the spec's is an error.
     """
-    ckpt = resolve_checkpoint(path, prefer="best")
-    if ckpt is None:
+    file = resolve_checkpoint(path, prefer="best")
+    if file is None:
         raise FileNotFoundError("load_model: no checkpoint path given")
-    model = PoseLitModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    if normalization is None:
-        normalization = run_normalization(ckpt) or "imagenet"
-    log.info("loaded %s (%d keypoints, %s normalisation)", ckpt, len(model.hparams.prompts), normalization)
-    est = PoseEstimator(model, normalization=normalization, padding=padding, device=device)
-    est.meta["checkpoint"] = str(ckpt)
-    return est
+    spec, state = load_checkpoint(file)
+    if normalization is not None and normalization != spec.normalization:
+        raise ValueError(f"normalization={normalization!r} but {file} was trained with {spec.normalization!r} "
+                         "(the model spec's preprocessing is used; leave normalization unset)")
+    net = spec.build_network()
+    net.load_state_dict(state)
+    log.info("loaded %s (%d keypoints, %dx%d input, %s normalisation)", file, spec.num_keypoints,
+             *spec.input_size, spec.normalization)
+    return PoseEstimator(spec, net, device=device, checkpoint=file)
 
 
 def nearest_context_tokens(
-    model: PoseLitModule | PoseEstimator, topk: int = 5, metric: str = "euclidean"
+    model: PoseEstimator | CLAMP, topk: int = 5, metric: str = "euclidean"
 ) -> list[list[tuple[str, float]]]:
     """Interpret the learned prompt context (CoOp's ``interpret_prompt``): for each context vector, the ``topk``
     vocabulary tokens whose input embeddings (the text tower's ``token_embedding`` table) are nearest.
@@ -324,7 +299,7 @@ def nearest_context_tokens(
     """
     from open_clip.tokenizer import SimpleTokenizer
 
-    net = (model.model if isinstance(model, PoseEstimator) else model).net
+    net = getattr(model, "net", model)  # a PoseEstimator (or anything holding the CLAMP network) or a CLAMP
     learner = net.prompt_learner
     if learner is None:
         raise RuntimeError("the image-only baseline has no learned prompt context")

@@ -18,17 +18,16 @@ import json
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from clamp_pl.api import PoseEstimator, load_model
-from clamp_pl.utils.config import config_dir
-from clamp_pl.utils.run import task_wrapper
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger("clamp_pl")
 
@@ -70,13 +69,17 @@ def onnx_metadata(est: PoseEstimator, opset: int) -> dict[str, Any]:
         "std": meta["std"],
         "box_padding": meta["padding"],
         "decode": {
-            "method": "dark" if est.model.codec.unbiased else "argmax_quarter_offset",
+            "method": "dark" if est.codec.unbiased else "argmax_quarter_offset",
             "note": "argmax per map, score = its value, a quarter heatmap pixel towards the higher neighbour, "
                     "times input_size / heatmap_size; then crop -> image: x / W * scale_w + center_x - "
                     "scale_w / 2 (pixel centres at integer coordinates)",
         },
-        "flip_test": "run the mirrored crop too, mirror its heatmaps, reorder their channels by flip_indices, "
-                     "shift them one heatmap pixel right, average with the original",
+        "flip_test": {
+            "default": est.spec.flip_test,
+            "rule": "run the mirrored crop too, mirror its heatmaps, reorder their channels by flip_indices, "
+                    + ("shift them one heatmap pixel right, " if est.spec.shift_heatmap else "")
+                    + "average with the original",
+        },
         "keypoint_names": meta["keypoint_names"],
         "flip_indices": meta["flip_indices"],
         "prompts": meta["prompts"],
@@ -92,7 +95,7 @@ def export_onnx(est: PoseEstimator, output: str | Path, opset: int = 17, batch_s
     """Write the ONNX graph of :class:`HeatmapModel` (dynamic batch) and its JSON side-car ``<output>.json``."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = HeatmapModel(est.model.net).eval().cpu()
+    wrapper = HeatmapModel(est.net).eval().cpu()
     w, h = est.input_size
     dummy = torch.randn(batch_size, 3, h, w)
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -118,7 +121,7 @@ def export_onnx(est: PoseEstimator, output: str | Path, opset: int = 17, batch_s
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
     output.with_suffix(".json").write_text(json.dumps(onnx_metadata(est, opset), indent=1))
-    est.model.to(est.device)
+    est.net.to(est.device)
     return output
 
 
@@ -129,22 +132,21 @@ def verify_onnx(est: PoseEstimator, onnx_path: str | Path, batch_size: int = 3, 
 
     w, h = est.input_size
     x = torch.randn(batch_size, 3, h, w, generator=torch.Generator().manual_seed(seed))
-    net = HeatmapModel(est.model.net).eval().cpu()
+    net = HeatmapModel(est.net).eval().cpu()
     with torch.no_grad():
         ref = net(x).numpy()
-    est.model.to(est.device)
+    est.net.to(est.device)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (out,) = sess.run(["heatmaps"], {"images": x.numpy()})
     return float(np.abs(out - ref).max())
 
 
-@task_wrapper
 def export(cfg: DictConfig) -> dict[str, Any]:
-    """Export ``cfg.ckpt_path``; returns ``{"output", "metadata", "max_abs_diff"}`` (the last None without
-    ``verify``)."""
+    """Export ``cfg.ckpt_path`` (the composed ``conf/export.yaml``); returns ``{"output", "metadata",
+    "max_abs_diff"}`` (the last None without ``verify``)."""
     if cfg.format != "onnx":
         raise ValueError(f"format must be 'onnx', got {cfg.format!r}")
-    est = load_model(cfg.ckpt_path, device="cpu", normalization=cfg.get("normalization"))
+    est = load_model(cfg.ckpt_path, device="cpu")
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "model.onnx"
     export_onnx(est, output, opset=int(cfg.opset))
     meta_path = output.with_suffix(".json")
@@ -161,9 +163,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return {"output": output, "metadata": meta_path, "max_abs_diff": diff}
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
-def main(cfg: DictConfig) -> None:
-    export(cfg)
+def main() -> None:
+    """The Hydra entry point. Hydra is imported here only: importing this module for :func:`export_onnx` needs
+    neither Hydra nor Lightning."""
+    import hydra
+
+    from clamp_pl.utils.config import config_dir
+
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")(export)()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """``PoseLitModule``: the CLAMP network, its losses, flip test, decoding and metrics as a LightningModule.
 
-Everything saved in the hyper-parameters is a primitive (lists, dicts, numbers, strings), so checkpoints load
-with ``torch.load(..., weights_only=True)`` and ``PoseLitModule.load_from_checkpoint`` needs no Hydra.
+It is built from a :class:`clamp_pl.spec.ModelSpec` (network, codec, keypoint meta) plus the training-only
+arguments (losses, optimiser, schedule). The spec is saved in the hyper-parameters and, as
+``checkpoint["clamp_spec"]``, in every checkpoint, as primitives: checkpoints load with
+``torch.load(..., weights_only=True)``, and :func:`clamp_pl.checkpoint.load_checkpoint` reads them without
+Lightning.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,86 +21,61 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from clamp_pl.codecs import MSRAHeatmap
-from clamp_pl.data.transforms import input_to_image_coords
+from clamp_pl.checkpoint import SPEC_KEY, load_checkpoint, resolve_checkpoint
+from clamp_pl.decoding import decode_heatmaps, flip_test_heatmaps
 from clamp_pl.evaluation import CocoKeypointAP, write_results
 from clamp_pl.evaluation.metric import KEYPOINT_PCK_THR
-from clamp_pl.models import CLAMP, CLAMPLoss
+from clamp_pl.models import CLAMPLoss
 from clamp_pl.optim import adamw, param_groups
+from clamp_pl.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-
-def flip_back(heatmaps: Tensor, flip_indices: Sequence[int], shift: bool = True) -> Tensor:
-    """Undo a horizontal input flip on heatmaps ``[B, K, h, w]``: mirror, swap left/right channels and, for
-    non-UDP codecs, shift one pixel right to undo the half-pixel misalignment (mmpose ``flip_heatmaps``)."""
-    out = heatmaps.flip(-1)[:, list(flip_indices)]
-    if shift:
-        out = torch.cat([out[..., :1], out[..., :-1]], dim=-1)
-    return out
 
 
 class PoseLitModule(pl.LightningModule):
     """CLAMP (or the image-only baseline) trained with heatmap, spatial and feature losses.
 
     Args:
-        net: keyword arguments of :class:`clamp_pl.models.CLAMP` (without ``prompts``).
-        prompts: one text per keypoint (dataset meta).
-        flip_indices, sigmas, skeleton, keypoint_names, species, families: dataset meta, kept so that a
-            checkpoint alone can predict and evaluate.
-        heatmap_size: ``(w, h)``; feature_stride: the tower's stride (checked against the network).
+        spec: the model spec (or its ``to_dict()``): network arguments, codec, preprocessing, keypoint meta.
         loss: ``CLAMPLoss`` weights. optimizer: lr, weight_decay, backbone_lr_mult, fused ("auto" | true |
             false; auto: PyTorch's fused AdamW kernel whenever the parameters allow it).
         scheduler: warmup_iters, warmup_ratio, milestones (epochs), gamma.
-        test_cfg: flip_test, shift_heatmap, decode ("default" | "dark").
         nonfinite: what to do with a non-finite loss or gradient: "skip" the optimiser step (counted; no host
             sync with a fused optimiser), "stop" (skip it, then the RunSafetyCallback saves a checkpoint and stops
             with a message) or "off" (no check).
+        load_pretrained: load the spec's ``net.pretrained`` CLIP weights (to start training); off (the default,
+            e.g. in ``load_from_checkpoint``), the towers are left random for a checkpoint's weights to fill and
+            nothing is read or downloaded. Not a hyper-parameter.
+
+    Attributes: ``spec``, ``net`` (:class:`clamp_pl.models.CLAMP`), ``codec`` (the spec's heatmap codec: the
+    datamodule makes its targets with this same object), ``flip_test`` (test-time default, from the spec).
     """
 
     def __init__(
         self,
         *,
-        net: dict[str, Any],
-        prompts: Sequence[str],
-        flip_indices: Sequence[int],
-        sigmas: Sequence[float],
-        heatmap_size: Sequence[int] = (64, 64),
-        feature_stride: int = 16,
-        keypoint_names: Sequence[str] = (),
-        skeleton: Sequence[Sequence[int]] = (),
-        species: dict[int, str] | None = None,
-        families: dict[str, list[int]] | None = None,
-        dataset_name: str = "",
+        spec: ModelSpec | Mapping[str, Any],
         loss: dict[str, float] | None = None,
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
-        test_cfg: dict[str, Any] | None = None,
         compile: bool = False,
         channels_last: bool = False,
         nonfinite: str = "skip",
+        load_pretrained: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        net = dict(net)
-        net.pop("heatmap_size", None)
-        self.net = CLAMP(prompts=list(prompts), heatmap_size=tuple(heatmap_size), **net)
-        stride = self.net.stride if isinstance(self.net.stride, tuple) else (self.net.stride,) * 2
-        if tuple(stride) != (feature_stride, feature_stride):
-            raise ValueError(
-                f"model.feature_stride={feature_stride} but {net.get('clip_model')} has stride {self.net.stride}"
-            )
+        self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
+        self.save_hyperparameters({
+            "spec": self.spec.to_dict(), "loss": loss, "optimizer": optimizer, "scheduler": scheduler,
+            "compile": compile, "channels_last": channels_last, "nonfinite": nonfinite,
+        })
+        self.net = self.spec.build_network(load_pretrained=load_pretrained)
         self.criterion = CLAMPLoss(**(loss or {}))
-        self.image_size = int(net["image_size"])
+        w, h = self.spec.input_size
         # Lightning's model summary runs it once: layer in/out sizes and FLOPs (with the text tower's, once)
-        self.example_input_array = torch.zeros(1, 3, self.image_size, self.image_size)
-        self.test_cfg = {"flip_test": True, "shift_heatmap": True, "decode": "default", **(test_cfg or {})}
-        self.codec = MSRAHeatmap(
-            input_size=(self.image_size, self.image_size),
-            heatmap_size=tuple(heatmap_size),
-            unbiased=self.test_cfg["decode"] == "dark",
-        )
-        self.flip_indices = list(flip_indices)
+        self.example_input_array = torch.zeros(1, 3, h, w)
+        self.codec = self.spec.build_codec()
+        self.flip_test = self.spec.flip_test
         self.nonfinite = nonfinite
         self.nonfinite_steps = 0
         self.stop_reason: str | None = None
@@ -110,18 +88,21 @@ class PoseLitModule(pl.LightningModule):
         # per-keypoint PCK): the test-time pictures of KeypointVisCallback read it
         self.eval_analysis: dict[str, dict[str, Any]] = {}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SPEC_KEY] = self.spec.to_dict()
+
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is not None and getattr(dm, "gt", None):
-            flip_pairs = [(i, j) for i, j in enumerate(self.flip_indices) if i < j]
+            meta = self.spec.dataset_meta()
             for split in ("val", "test"):
                 self.metrics[split] = CocoKeypointAP(
                     dm.gt[split],
-                    self.hparams.sigmas,
-                    species=self.hparams.species,
-                    families=self.hparams.families,
-                    flip_pairs=flip_pairs,
+                    meta.sigmas.tolist(),
+                    species=meta.species,
+                    families=meta.families,
+                    flip_pairs=list(meta.flip_pairs),
                 ).to(self.device)
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -226,20 +207,12 @@ class PoseLitModule(pl.LightningModule):
     def predict_heatmaps(self, images: Tensor, flip_test: bool | None = None) -> Tensor:
         """Heatmaps ``[B, K, h, w]`` for normalised crops ``[B, 3, H, W]``; with flip test the original and the
         mirrored crops run as ONE batch (the text features are computed once and cached in eval)."""
-        flip_test = self.test_cfg["flip_test"] if flip_test is None else flip_test
-        if not flip_test:
-            return self(images)["heatmaps"].float()
-        b = images.shape[0]
-        hm = self(torch.cat([images, images.flip(-1)]))["heatmaps"].float()
-        return 0.5 * (hm[:b] + flip_back(hm[b:], self.flip_indices, self.test_cfg["shift_heatmap"]))
+        return flip_test_heatmaps(lambda x: self(x)["heatmaps"], images, self.spec.flip_indices,
+                                  self.flip_test if flip_test is None else flip_test, self.spec.shift_heatmap)
 
     def decode(self, heatmaps: Tensor, center: Tensor, scale: Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps ``[B, K, h, w]`` -> keypoints ``[B, K, 2]`` in image pixels and scores ``[B, K]``."""
-        kpts, scores = self.codec.batch_decode(heatmaps.cpu().numpy())
-        img = input_to_image_coords(
-            kpts, center.cpu().numpy(), scale.cpu().numpy(), (self.image_size, self.image_size)
-        )
-        return img, scores
+        return decode_heatmaps(self.codec, heatmaps, center, scale)
 
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
         hm = self.predict_heatmaps(batch["image"])
@@ -270,7 +243,7 @@ class PoseLitModule(pl.LightningModule):
             out.mkdir(parents=True, exist_ok=True)
             write_results(out / "test_predictions.json", metric.coco_results())
             (out / "test_metrics.json").write_text(json.dumps(values, indent=1))
-            names = list(self.hparams.keypoint_names or self.hparams.prompts)
+            names = list(self.spec.meta["keypoint_names"])
             table = analysis.get("keypoint_pck")
             if table:
                 (out / "test_keypoint_pck.json").write_text(json.dumps({
@@ -337,16 +310,18 @@ class PoseLitModule(pl.LightningModule):
         return 1
 
     # ---------------------------------------------------------------- weights-only init
-    def load_weights_from(self, path: str | Path) -> None:
-        """Initialise the network from a checkpoint's weights (``init_from``): no optimiser, no epoch. The
-        text-token buffers are not in the state dict, so a model trained on other keypoint names loads too;
-        heads whose shape differs (another K) are reported and left as initialised."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = ckpt.get("state_dict", ckpt)
-        own = self.state_dict()
+    def load_weights_from(self, path: str | Path) -> Path:
+        """Initialise the network from the weights of a run dir (its best checkpoint), a checkpoint or a model
+        file (``init_from``): no optimiser, no epoch. The text-token buffers are not in the state dict, so a model
+        trained on other keypoint names loads too; tensors whose shape differs (another K) are reported and left
+        as initialised. Returns the file read."""
+        file = resolve_checkpoint(path, prefer="best")
+        _, state = load_checkpoint(file)
+        own = self.net.state_dict()
         loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         skipped = sorted(set(state) - set(loadable))
         missing = sorted(set(own) - set(loadable))
-        self.load_state_dict(loadable, strict=False)
-        log.info("init_from %s: %d tensors loaded, %d skipped (%s), %d left as initialised", path, len(loadable),
+        self.net.load_state_dict(loadable, strict=False)
+        log.info("init_from %s: %d tensors loaded, %d skipped (%s), %d left as initialised", file, len(loadable),
                  len(skipped), ", ".join(skipped[:5]), len(missing))
+        return file

@@ -19,6 +19,7 @@ No Lightning, Hydra or OmegaConf here.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import numpy as np
 
 from clamp_pl.data.metainfo import DatasetMeta
 
-__all__ = ["SPEC_VERSION", "Geometry", "ModelSpec", "meta_to_dict", "network_geometry"]
+__all__ = ["SPEC_VERSION", "Geometry", "ModelSpec", "make_spec", "meta_to_dict", "network_geometry"]
 
 #: bumped when a field changes meaning; :meth:`ModelSpec.from_dict` refuses newer versions
 SPEC_VERSION = 1
@@ -316,3 +317,42 @@ class ModelSpec:
         d = self.to_dict()
         d["test"]["flip_test"] = bool(flip_test)
         return ModelSpec.from_dict(d)
+
+
+def make_spec(
+    net: Mapping[str, Any],
+    meta: DatasetMeta,
+    *,
+    normalization: str,
+    padding: float,
+    sigma: float,
+    decode: str,
+    shift_heatmap: bool,
+    flip_test: bool,
+    data: Mapping[str, Any] | None = None,
+) -> ModelSpec:
+    """A spec from the network arguments and the keypoint meta, with the input size, feature grid and heatmap
+    size derived from the network (:func:`network_geometry`); ``normalization`` names a mean/std pair of
+    :data:`clamp_pl.data.transforms.NORMALIZATION`. No argument has a default here: the defaults live in the
+    configs (``conf/model``, ``conf/data/_base.yaml``)."""
+    from clamp_pl.data.transforms import NORMALIZATION
+
+    net = dict(net)
+    for derived in ("heatmap_size", "feature_stride", "prompts"):
+        if derived in net:
+            raise ValueError(f"net.{derived} is not a network argument of the spec: the heatmap size and stride "
+                             "are derived from clip_model, image_size and num_deconv; the prompts come from meta")
+    if normalization not in NORMALIZATION:
+        raise ValueError(f"normalization must be one of {sorted(NORMALIZATION)}, got {normalization!r}")
+    if "num_deconv" not in net:
+        from clamp_pl.models import CLAMP
+
+        net["num_deconv"] = inspect.signature(CLAMP).parameters["num_deconv"].default
+    geometry = network_geometry(net["clip_model"], net["image_size"], net["num_deconv"])
+    size = int(net["image_size"])
+    mean, std = NORMALIZATION[normalization]
+    return ModelSpec(
+        net=net, input_size=(size, size), feature_grid=geometry.feature_grid, heatmap_size=geometry.heatmap_size,
+        normalization=normalization, mean=mean, std=std, padding=padding, sigma=sigma, decode=decode,
+        shift_heatmap=shift_heatmap, flip_test=flip_test, meta=meta_to_dict(meta), data=dict(data or {}),
+    )

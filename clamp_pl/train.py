@@ -1,7 +1,7 @@
 """Train (then test the best checkpoint): ``python -m clamp_pl.train [experiment=...] [key=value ...]``.
 
 A finished run leaves in its Hydra output dir: ``.hydra/config.yaml``, ``config_tree.log``, ``checkpoints/``
-(best by ``val/AP`` and ``last.ckpt``), ``metrics.csv``, ``results.json`` (flat ``{"test/AP": ...}``),
+(best by ``val/AP`` and ``last.ckpt``, each carrying the model spec, written atomically), ``metrics.csv``, ``results.json`` (flat ``{"test/AP": ...}``),
 ``predictions/`` (COCO-format test predictions), ``split.json`` (the protocol's split) and, with W&B,
 ``wandb_run_id.txt``.
 """
@@ -21,38 +21,20 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from clamp_pl.build import build_training
+from clamp_pl.callbacks.checkpoint_io import AtomicCheckpointIO
+from clamp_pl.checkpoint import resolve_checkpoint
 from clamp_pl.utils.config import config_dir
 from clamp_pl.utils.run import (
     instantiate_callbacks,
     instantiate_loggers,
     log_hyperparameters,
     print_config_tree,
-    resolve_checkpoint,
     task_wrapper,
     write_json,
 )
 
 log = logging.getLogger("clamp_pl")
-
-
-def build_datamodule(cfg: DictConfig, run_dir: Path | None) -> pl.LightningDataModule:
-    return instantiate(cfg.data, report_dir=str(run_dir) if run_dir else None, _convert_="all")
-
-
-def build_model(cfg: DictConfig, dm: pl.LightningDataModule) -> pl.LightningModule:
-    """The LightningModule, with the dataset's keypoint meta passed as primitives (checkpoint-safe)."""
-    meta = dm.ensure_meta()
-    factory = instantiate(cfg.model, _partial_=True, _convert_="all")
-    return factory(
-        prompts=list(meta.prompts),
-        keypoint_names=list(meta.keypoint_names),
-        flip_indices=[int(i) for i in meta.flip_indices],
-        sigmas=[float(s) for s in meta.sigmas],
-        skeleton=[[int(a), int(b)] for a, b in meta.skeleton],
-        species={int(k): str(v) for k, v in meta.species.items()},
-        families={str(k): [int(i) for i in v] for k, v in meta.families.items()},
-        dataset_name=getattr(dm, "name", ""),
-    )
 
 
 def _ddp_under_multirun(cfg: DictConfig) -> None:
@@ -83,15 +65,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         print_config_tree(cfg, save_to=run_dir / "config_tree.log", print_=True)
     _ddp_under_multirun(cfg)
 
-    dm = build_datamodule(cfg, run_dir)
-    model = build_model(cfg, dm)
+    dm, _, model = build_training(cfg, run_dir)
     if cfg.get("init_from"):
-        model.load_weights_from(resolve_checkpoint(cfg.init_from, prefer="best"))
+        model.load_weights_from(cfg.init_from)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), prefer="last")
 
     callbacks = instantiate_callbacks(cfg.get("callbacks"), cfg.trainer.get("enable_progress_bar", True))
     loggers = instantiate_loggers(cfg.get("logger"), run_dir, resume_from=ckpt_path)
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      plugins=[AtomicCheckpointIO()])
     hp = log_hyperparameters(cfg, model, trainer)
     log.info("model size: %s", {k: v for k, v in hp.items() if k.startswith(("params/", "flops/"))})
 
@@ -105,6 +87,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             log.warning("no best checkpoint (no validation ran?): testing the current weights")
         trainer.test(model, datamodule=dm, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        # the metric's own float64 values (the logged ones are float32), as clamp_pl.eval writes them
+        metrics.update({k: v for k, v in getattr(model, "last_metrics", {}).items()
+                        if k.startswith("test/") and isinstance(v, float)})
         if trainer.is_global_zero:
             write_json(run_dir / "results.json", {k: v for k, v in metrics.items() if k.startswith("test/")})
             write_json(run_dir / "run.json", {"best_checkpoint": best, "skipped_records": dm.skipped_counts,

@@ -32,7 +32,7 @@ def test_onnx_parity(exported, tiny_run, tmp_path):  # noqa: F811
     # at std 1e-3): recalibrate BatchNorm and redraw the last layer so that the check compares outputs of
     # order 1, which also depend on the text-feature path.
     est = load_model(tiny_run, device="cpu")
-    net = est.model.net
+    net = est.net
     g = torch.Generator().manual_seed(0)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -50,7 +50,7 @@ def test_onnx_parity(exported, tiny_run, tmp_path):  # noqa: F811
     for b in (1, 4):  # dynamic batch (traced with 2)
         x = torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(b))
         with torch.no_grad():
-            out_pt = est.model.net(x)
+            out_pt = est.net(x)
         ref = out_pt["heatmaps"].numpy()
         (out,) = sess.run(["heatmaps"], {"images": x.numpy()})
         assert out.shape == ref.shape == (b, 17, *est.meta["heatmap_size"][::-1])
@@ -62,12 +62,12 @@ def test_onnx_parity(exported, tiny_run, tmp_path):  # noqa: F811
 def test_no_text_tower_in_graph(exported, tiny_run):  # noqa: F811
     est = load_model(tiny_run, device="cpu")
     model = onnx.load(str(exported["output"]))
-    text = est.model.net.prompt_learner.text_tower
+    text = est.net.prompt_learner.text_tower
     vocab_shape = list(text.token_embedding.weight.shape)
     assert all(list(i.dims) != vocab_shape for i in model.graph.initializer)
     n_onnx = sum(int(np.prod(i.dims)) for i in model.graph.initializer)
     n_text = sum(p.numel() for p in text.parameters())
-    n_rest = sum(p.numel() for p in est.model.net.parameters()) - n_text
+    n_rest = sum(p.numel() for p in est.net.parameters()) - n_text
     assert n_onnx <= n_rest * 1.01 + 1e4  # (+ the constant text features / folded prompt encoder)
     assert not any("Gather" == n.op_type and "token" in n.name for n in model.graph.node)
 

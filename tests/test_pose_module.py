@@ -13,7 +13,10 @@ import torch
 from conftest import TEST_DATA, compose_cfg
 from torch.utils.data import DataLoader, Dataset
 
-from clamp_pl.pose_module import PoseLitModule, flip_back
+from clamp_pl.data.metainfo import DatasetMeta
+from clamp_pl.decoding import flip_back
+from clamp_pl.pose_module import PoseLitModule
+from clamp_pl.spec import make_spec
 
 PROMPTS = ["left eye", "right eye", "nose", "left paw", "right paw"]
 FLIP = [1, 0, 2, 4, 3]
@@ -22,16 +25,15 @@ OPT = {"lr": 1e-3, "weight_decay": 0.05, "backbone_lr_mult": 0.1}
 NO_DECAY_LEAVES = {"ctx", "positional_embedding", "class_embedding", "gamma", "logit_scale"}
 
 
-def make_module(**kw) -> PoseLitModule:
+def make_module(flip_test: bool = True, **kw) -> PoseLitModule:
     torch.manual_seed(0)
-    args = dict(
-        net=dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
-                 upconv_num_deconv=3, upconv_channels=16),
-        prompts=PROMPTS, flip_indices=FLIP, sigmas=[0.07] * 5, heatmap_size=(HM, HM), feature_stride=32,
-        optimizer=OPT,
-    )
-    args.update(kw)
-    return PoseLitModule(**args)
+    meta = DatasetMeta(name="test", keypoint_names=tuple(PROMPTS), prompts=tuple(PROMPTS), flip_indices=tuple(FLIP),
+                       sigmas=[0.07] * 5, skeleton=(), upper_body_ids=(), lower_body_ids=(), joint_weights=[1.0] * 5)
+    net = dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
+               upconv_num_deconv=3, upconv_channels=16)
+    spec = make_spec(net, meta, normalization="imagenet", padding=1.25, sigma=2.0, decode="default",
+                     shift_heatmap=True, flip_test=flip_test)
+    return PoseLitModule(spec=spec, **{"optimizer": OPT, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +212,7 @@ class RandomPoseData(Dataset):
 def test_text_tower_runs_once_per_validation_epoch():
     """Through Lightning: 2 epochs of 1 training step and 3 flip-tested validation batches -> the text tower runs
     once per training step and once per validation epoch."""
-    model = make_module(test_cfg={"flip_test": True})
+    model = make_module(flip_test=True)
     calls: list[str] = []
     tower = model.net.prompt_learner.text_tower
     tower.register_forward_hook(lambda *_: calls.append("val" if model.trainer.validating else "train"))

@@ -87,26 +87,46 @@ def test_bad_case_gallery_holds_the_lowest_oks(short_run, data_dir):
 
 def test_checkpoint_loads_weights_only(short_run):
     ckpt = torch.load(short_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    hp = ckpt["hyper_parameters"]
-    assert hp["prompts"][2] == "nose" and len(hp["flip_indices"]) == 17
+    spec = ckpt["clamp_spec"]
+    assert spec["meta"]["prompts"][2] == "nose" and len(spec["meta"]["flip_indices"]) == 17
+    assert spec["input_size"] == [128, 128] and spec["heatmap_size"] == [32, 32] and spec["feature_grid"] == [4, 4]
+    assert spec["data"]["name"] == "toy_ap10k" and spec["data"]["config"]["n_test"] == 24
+    assert ckpt["hyper_parameters"]["spec"] == spec
     assert "rng_states" in ckpt
 
 
 def test_eval_reproduces_test_metrics(short_run, make_cfg):
+    """``eval ckpt_path=<run dir>`` and nothing else but the run's own test batch limit: the run's numbers."""
     results = json.loads((short_run / "results.json").read_text())
-    cfg = make_cfg("experiment=supervised_toy", f"ckpt_path={short_run}", config_name="eval")
+    cfg = make_cfg(f"ckpt_path={short_run}", "+trainer.limit_test_batches=2", "extras.print_config=false",
+                   "trainer.enable_progress_bar=false", config_name="eval", fast=False)
     metrics, _ = evaluate(cfg)
-    assert metrics["test/AP"] == pytest.approx(results["test/AP"], abs=1e-6)
+    assert metrics == {k: v for k, v in results.items()}
+
+
+def test_eval_refuses_a_model_override_and_other_keypoints(short_run, make_cfg, tmp_path):
+    cfg = make_cfg(f"ckpt_path={short_run}", "model=clamp_tiny", config_name="eval", fast=False)
+    with pytest.raises(ValueError, match="model= cannot be set"):
+        evaluate(cfg)
+    cfg = make_cfg(f"ckpt_path={short_run}", "data=mouse_openfield", "extras.print_config=false",
+                   config_name="eval", fast=False)
+    with pytest.raises(ValueError, match=r"predicts 17 keypoints .*mouse_openfield data has 4"):
+        evaluate(cfg)
+    cfg = make_cfg(f"ckpt_path={short_run}", "data=toy_ap10k", "data.normalization=clip",
+                   "extras.print_config=false", config_name="eval", fast=False)
+    with pytest.raises(ValueError, match="data.normalization='clip' but the model was trained with "
+                                         "normalization 'imagenet'"):
+        evaluate(cfg)
 
 
 def test_init_from_loads_weights(short_run, make_cfg):
+    from clamp_pl.build import build_training
     from clamp_pl.pose_module import PoseLitModule
-    from clamp_pl.train import build_datamodule, build_model
 
     cfg = make_cfg("experiment=fewshot_toy", f"init_from={short_run}")
-    dm = build_datamodule(cfg, None)
-    model = build_model(cfg, dm)
-    model.load_weights_from(short_run / "checkpoints" / "last.ckpt")
-    ref = PoseLitModule.load_from_checkpoint(short_run / "checkpoints" / "last.ckpt", weights_only=True)
-    for (k, a), (_, b) in zip(model.net.state_dict().items(), ref.net.state_dict().items()):
+    _, _, model = build_training(cfg, None)
+    assert model.load_weights_from(short_run).name.startswith("epoch_")  # a run dir: its best checkpoint
+    ref = PoseLitModule.load_from_checkpoint(short_run / "checkpoints" / sorted(
+        p.name for p in (short_run / "checkpoints").glob("epoch_*.ckpt"))[-1], weights_only=True)
+    for (k, a), (_, b) in zip(model.net.state_dict().items(), ref.net.state_dict().items(), strict=True):
         assert torch.equal(a, b), k

@@ -78,11 +78,11 @@ class KeypointVisCallback(pl.Callback):
         codec = pl_module.codec
         pred, scores = codec.batch_decode(heatmaps.cpu().numpy())
         true, _ = codec.batch_decode(batch["heatmaps"].numpy())
-        skeleton = pl_module.hparams.skeleton
-        norm = getattr(trainer.datamodule, "normalization", "imagenet")
+        spec = pl_module.spec
+        skeleton = spec.meta["skeleton"]
         tiles = []
         for i in range(len(images)):
-            img = denormalize(batch["image"][i].numpy(), norm)
+            img = denormalize(batch["image"][i].numpy(), spec.normalization)
             img = draw_pose(img, true[i], batch["keypoint_weights"][i].numpy(), skeleton, 0.5, color=(255, 255, 255))
             img = draw_pose(img, pred[i], scores[i], skeleton, self.score_threshold)
             if captions is not None:
@@ -91,7 +91,7 @@ class KeypointVisCallback(pl.Callback):
         pictures = {"predictions": mosaic(tiles)}
         if maps is not None:
             pictures["score_maps"] = score_map_grid(maps[0].float().cpu().numpy(),
-                                                    pl_module.hparams.prompts)
+                                                    spec.meta["prompts"])
         return pictures
 
     def _emit(self, trainer: pl.Trainer, pictures: dict[str, np.ndarray], tag: str) -> None:
@@ -127,7 +127,7 @@ class KeypointVisCallback(pl.Callback):
         if not trainer.is_global_zero:
             return
         analysis = getattr(pl_module, "eval_analysis", {}).get("test") or {}
-        names = list(pl_module.hparams.get("keypoint_names") or pl_module.hparams.get("prompts") or [])
+        names = list(pl_module.spec.meta["keypoint_names"])
         tables = {}
         confusion = analysis.get("keypoint_confusion")
         if confusion is not None:
@@ -145,7 +145,7 @@ class KeypointVisCallback(pl.Callback):
             return
         index = {inst.ann_id: i for i, inst in enumerate(ds.instances)}
         worst = sorted((v, a) for a, v in oks.items() if a in index)[: self.num_worst]
-        species = getattr(pl_module.hparams, "species", None) or {}
+        species = pl_module.spec.meta["species"]
         cases = [{"ann_id": int(a), "image_id": int(ds.instances[index[a]].image_id),
                   "species": species.get(ds.instances[index[a]].category_id, ""), "oks": round(float(v), 4)}
                  for v, a in worst]

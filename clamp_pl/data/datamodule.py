@@ -26,6 +26,7 @@ from clamp_pl.data.metainfo import DatasetMeta, format_meta_table, get_meta, met
 from clamp_pl.data.protocols import apply_protocol
 from clamp_pl.data.sources import missing_dataset_error
 from clamp_pl.data.transforms import TopDownAugment, TopDownTransform
+from clamp_pl.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,11 @@ class PoseDataModule(pl.LightningDataModule):
 
     Subclasses set ``name`` and implement :meth:`files` (and :meth:`prepare_data` when the data is generated).
 
+    The model's side of the samples (input size, normalisation, box padding, the heatmap codec and the feature
+    grid) comes from the model spec through :meth:`use_spec`, which must be called before :meth:`setup`: the
+    data never restates it.
+
     Args:
-        input_size: network input ``(W, H)`` in pixels.
-        heatmap_size: heatmap ``(w, h)``.
-        feature_stride: stride of the CLIP tower's dense grid (16 for ViT-B/16, 32 for RN50); the feature loss
-            targets live on ``input_size / feature_stride``.
         batch_size: per-device batch size (global = batch_size x devices x nodes).
         protocol: ``{"name": "supervised" | "fewshot" | "zeroshot", ...}`` (``conf/protocol``).
         augment: the ``data.augment`` node: every field of :class:`~clamp_pl.data.transforms.TopDownAugment`
@@ -69,15 +70,10 @@ class PoseDataModule(pl.LightningDataModule):
     def __init__(
         self,
         *,
-        input_size: Sequence[int] = (256, 256),
-        heatmap_size: Sequence[int] = (64, 64),
-        feature_stride: int = 16,
-        sigma: float = 2.0,
         batch_size: int = 32,
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = True,
-        normalization: str = "imagenet",
         augment: dict | None = None,
         reduced_decode: bool = False,
         on_error: str = "raise",
@@ -88,15 +84,10 @@ class PoseDataModule(pl.LightningDataModule):
         report_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.heatmap_size = (int(heatmap_size[0]), int(heatmap_size[1]))
-        self.feature_stride = int(feature_stride)
-        self.sigma = sigma
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
-        self.normalization = normalization
         self.augment = None if augment is None else dict(augment)
         self.reduced_decode = bool(reduced_decode)
         self.on_error = on_error
@@ -110,6 +101,8 @@ class PoseDataModule(pl.LightningDataModule):
         self.gt: dict[str, dict] = {}
         self.reports: dict[str, LoadReport] = {}
         self.datasets: dict[str, TopDownDataset] = {}
+        self.spec: ModelSpec | None = None
+        self.codec: MSRAHeatmap | None = None
 
     # ---------------------------------------------------------------- files and meta
     def files(self) -> dict[str, tuple[Path, Path]]:
@@ -131,9 +124,50 @@ class PoseDataModule(pl.LightningDataModule):
             self.meta = self.build_meta(files["train"][0])
         return self.meta
 
+    def use_spec(self, spec: ModelSpec, codec: MSRAHeatmap | None = None) -> None:
+        """Take the model's input size, normalisation, box padding, feature grid and heatmap codec from its spec.
+
+        Args:
+            spec: the model spec; its keypoints must be this dataset's (same names, same order).
+            codec: the codec object to make the targets with (the model's own, so that one object encodes and
+                decodes); None builds it from the spec.
+
+        Raises:
+            ValueError: the spec's keypoints are not this dataset's (the message names both).
+        """
+        meta = self.ensure_meta()
+        theirs = tuple(spec.meta["keypoint_names"])
+        if theirs != tuple(meta.keypoint_names):
+            raise ValueError(
+                f"the model predicts {len(theirs)} keypoints {list(theirs)} but the {self.name} data has "
+                f"{meta.num_keypoints}: {list(meta.keypoint_names)}"
+            )
+        codec = spec.build_codec() if codec is None else codec
+        if tuple(codec.input_size) != spec.input_size or tuple(codec.heatmap_size) != spec.heatmap_size:
+            raise ValueError(f"codec {codec.input_size} -> {codec.heatmap_size} is not the spec's "
+                             f"{spec.input_size} -> {spec.heatmap_size}")
+        self.spec, self.codec = spec, codec
+
+    def _spec(self) -> ModelSpec:
+        if self.spec is None:
+            raise RuntimeError(f"{type(self).__name__}: call use_spec(model_spec) before setup(): the input size, "
+                               "normalisation and heatmap codec come from the model")
+        return self.spec
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Network input (W, H), from the spec."""
+        return self._spec().input_size
+
     @property
     def feature_grid(self) -> tuple[int, int]:
-        return (self.input_size[0] // self.feature_stride, self.input_size[1] // self.feature_stride)
+        """(gw, gh) of the image tower's dense features (feature-loss targets), from the spec."""
+        return self._spec().feature_grid
+
+    @property
+    def normalization(self) -> str:
+        """Name of the mean/std pair of the crops, from the spec."""
+        return self._spec().normalization
 
     @property
     def split_file(self) -> Path | None:
@@ -146,6 +180,7 @@ class PoseDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.instances:
             return
+        spec = self._spec()
         files = self.files()
         meta = self.ensure_meta()
         for split in SPLITS:
@@ -156,18 +191,18 @@ class PoseDataModule(pl.LightningDataModule):
             self.instances[split], self.gt[split], self.reports[split] = insts, gt, report
         self._apply_protocol()
         self._write_reports()
-        codec = MSRAHeatmap(input_size=self.input_size, heatmap_size=self.heatmap_size, sigma=self.sigma)
         augment = None if self.augment is None else TopDownAugment(meta=meta, seed=self.seed, **self.augment)
         for split in SPLITS:
             transform = TopDownTransform(
                 meta,
-                input_size=self.input_size,
+                input_size=spec.input_size,
                 augment=augment if split == "train" else None,
-                normalization=self.normalization,
+                normalization=(spec.mean, spec.std),
+                padding=spec.padding,
                 reduced_decode=self.reduced_decode,
             )
             self.datasets[split] = TopDownDataset(
-                self.instances[split], transform, codec, feature_grid=self.feature_grid, seed=self.seed
+                self.instances[split], transform, self.codec, feature_grid=spec.feature_grid, seed=self.seed
             )
         counts = {s: len(self.instances[s]) for s in SPLITS}
         log.info("%s (%s protocol): %s instances", self.name, self.protocol.get("name"), counts)

@@ -1,5 +1,6 @@
 """Run bookkeeping shared by the entry points: instantiate callbacks/loggers, the config tree, hyper-parameter
-logging, checkpoint resolution, W&B run-id persistence and the task wrapper that always closes W&B."""
+logging, W&B run-id persistence and the task wrapper that always closes W&B. (Checkpoint files and run-dir
+resolution: :mod:`clamp_pl.checkpoint`.)"""
 
 from __future__ import annotations
 
@@ -122,26 +123,6 @@ def _resumed_wandb_id(ckpt: Path | None) -> str | None:
         if f.is_file():
             return f.read_text().strip()
     return None
-
-
-def resolve_checkpoint(path: str | Path | None, prefer: str = "last") -> Path | None:
-    """A checkpoint file, or a run dir -> its ``checkpoints/last.ckpt`` (prefer="last", for resuming) or the best
-    ``checkpoints/epoch_*.ckpt`` (prefer="best", for evaluation). Errors name the path."""
-    if path is None or str(path) == "":
-        return None
-    p = Path(str(path)).expanduser()
-    if p.is_file():
-        return p
-    if p.is_dir():
-        ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-        best = sorted(ckpt_dir.glob("epoch_*.ckpt"))
-        last = ckpt_dir / "last.ckpt"
-        order = [last, *best[::-1]] if prefer == "last" else [*best[::-1], last]
-        for c in order:
-            if c.is_file():
-                return c
-        raise FileNotFoundError(f"no checkpoint (last.ckpt or epoch_*.ckpt) in {ckpt_dir}")
-    raise FileNotFoundError(f"checkpoint not found: {p}")
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clamp_pl.data.metainfo import DatasetMeta
 from clamp_pl.pose_module import PoseLitModule
+from clamp_pl.spec import make_spec
 from clamp_pl.utils.run import count_flops, count_parameters
 
 
@@ -13,8 +15,11 @@ def _module(text_branch: bool) -> PoseLitModule:
     torch.manual_seed(0)
     net = dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
                upconv_num_deconv=3, upconv_channels=16, text_branch=text_branch)
-    return PoseLitModule(net=net, prompts=["a", "b", "c"], flip_indices=[0, 2, 1], sigmas=[0.05] * 3,
-                         heatmap_size=(32, 32), feature_stride=32)
+    meta = DatasetMeta(name="t", keypoint_names=("a", "b", "c"), prompts=("a", "b", "c"), flip_indices=(0, 2, 1),
+                       sigmas=[0.05] * 3, skeleton=(), upper_body_ids=(), lower_body_ids=(), joint_weights=[1.0] * 3)
+    spec = make_spec(net, meta, normalization="imagenet", padding=1.25, sigma=2.0, decode="default",
+                     shift_heatmap=True, flip_test=True)
+    return PoseLitModule(spec=spec)
 
 
 def test_flops_per_crop_by_hand_for_the_head_and_state_untouched():
