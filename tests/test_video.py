@@ -1,5 +1,6 @@
-"""``clamp_pl.predict`` on a video file: frame order and stepping, the per-frame CSV and COCO results agree with
-the image API on the same decoded frames, the annotated video, per-frame boxes, and unreadable files."""
+"""``clamp_pl.predict`` on a video file: frame order and stepping, the DeepLabCut-layout CSV and COCO results
+agree with the image API on the same decoded frames, the annotated video, per-frame boxes, following one animal
+(re-acquired frames marked, smoothed trajectories beside the raw ones), a detector, and unreadable files."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from test_predict import tiny_run  # noqa: F401  (session fixture: the tiny trai
 
 from clamp_pl.api import load_model
 from clamp_pl.predict import predict
-from clamp_pl.video import VideoReadError, iter_frames, run_video_prediction
+from clamp_pl.video import VideoReadError, iter_batches, iter_frames, run_video_prediction
+
+pd = pytest.importorskip("pandas")
 
 N_FRAMES = 7
 
@@ -58,12 +61,16 @@ def test_cli_video_outputs_match_the_image_api(make_cfg, tiny_run, video, tmp_pa
     for p, d in zip(preds, direct):
         kp = np.array(p["keypoints"]).reshape(-1, 3)
         np.testing.assert_allclose(kp[:, :2], d[0]["keypoints"], atol=2e-3)
-    with open(out / "walk_keypoints.csv") as fh:
-        rows = list(csv.reader(fh))
     k = len(est.meta["prompts"])
-    assert len(rows[0]) == 8 + 3 * k and rows[0][8].endswith("_x") and len(rows) == 1 + 4
-    assert [int(r[0]) for r in rows[1:]] == [0, 2, 4, 6]
-    np.testing.assert_allclose([float(v) for v in rows[1][8:]], preds[0]["keypoints"], atol=2e-3)
+    df = pd.read_csv(out / "walk_clamp.csv", header=[0, 1, 2], index_col=0)  # DeepLabCut's analysis layout
+    assert df.shape == (4, 3 * k) and df.index.tolist() == [0, 2, 4, 6]
+    assert list(df.columns.get_level_values("bodyparts").unique()) == est.meta["keypoint_names"]
+    np.testing.assert_allclose(df.to_numpy()[0], preds[0]["keypoints"], atol=2e-3)
+    with open(out / "walk_boxes.csv") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["frame", "time_s", "instance", "box_x", "box_y", "box_w", "box_h", "score", "reacquired"]
+    assert [int(r[0]) for r in rows[1:]] == [0, 2, 4, 6] and {r[-1] for r in rows[1:]} == {"0"}
+    assert not (out / "walk_clamp_filtered.csv").exists()  # smoothing is off by default
     drawn = cv2.VideoCapture(str(out / "walk_pose.mp4"))
     assert drawn.isOpened() and int(drawn.get(cv2.CAP_PROP_FRAME_COUNT)) == 4
     drawn.release()
@@ -79,6 +86,9 @@ def test_video_with_per_frame_boxes(tiny_run, video, tmp_path):  # noqa: F811
     assert summary["frames"] == N_FRAMES and summary["video"] is None
     assert [p["frame"] for p in preds] == [1, 1, 4]  # frames without a detection: no prediction
     assert preds[0]["bbox"] == [10, 10, 80, 60]
+    df = pd.read_csv(summary["csv"], header=[0, 1, 2, 3], index_col=0)  # several boxes: individuals row
+    assert list(df.columns.get_level_values("individuals").unique()) == ["animal1", "animal2"]
+    assert df.index.tolist() == list(range(N_FRAMES)) and df.loc[0].isna().all() and df.loc[4].notna().sum() == 51
     with pytest.raises(ValueError, match=r"detection 1: field 'image_id' must be a frame index .* 'frame_3.jpg'"):
         run_video_prediction(est, video, tmp_path, detections=[dets[0], {**dets[0], "image_id": "frame_3.jpg"}])
 
@@ -90,3 +100,59 @@ def test_unreadable_video_names_the_file(tmp_path):
         list(iter_frames(fake))
     with pytest.raises(ValueError, match="frame_step"):
         list(iter_frames(fake, frame_step=0))
+
+
+def test_iter_batches():
+    assert [[i for i, _ in b] for b in iter_batches(((i, None) for i in range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_follow_through_the_cli(make_cfg, tiny_run, video, tmp_path):  # noqa: F811
+    out = tmp_path / "follow"
+    cfg = make_cfg(f"ckpt_path={tiny_run}", f"input={video}", f"output_dir={out}", "track=follow",
+                   "follow.search_scales=[0.5]", "smoothing.method=median", "smoothing.window=3", "device=cpu",
+                   "visualize=false", config_name="predict", fast=False)
+    summary = predict(cfg)
+    assert summary["frames"] == N_FRAMES and summary["instances"] == N_FRAMES  # one animal in every frame
+    assert summary["reacquired"][0] == 0 and summary["ms_per_frame"] > 0  # the first frame is always a search
+    preds = json.loads((out / "predictions.json").read_text())
+    assert [p["reacquired"] for p in preds] == [i in summary["reacquired"] for i in range(N_FRAMES)]
+    with open(out / "walk_boxes.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["reacquired"]) for r in rows] == [int(p["reacquired"]) for p in preds]
+    assert [float(r["box_x"]) for r in rows] == pytest.approx([p["bbox"][0] for p in preds], abs=0.01)
+    raw = pd.read_csv(out / "walk_clamp.csv", header=[0, 1, 2], index_col=0)
+    filt = pd.read_csv(out / "walk_clamp_filtered.csv", header=[0, 1, 2], index_col=0)
+    assert raw.shape == filt.shape == (N_FRAMES, 51)
+    np.testing.assert_allclose(raw.to_numpy().reshape(N_FRAMES, 17, 3)[..., :2],
+                               np.array([p["keypoints"] for p in preds]).reshape(N_FRAMES, 17, 3)[..., :2],
+                               atol=2e-3)  # the raw file holds the raw predictions
+    assert summary["h5"] is None or summary["h5"].is_file()
+
+
+class _StubDetector:
+    """Answers one known box per frame."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images):
+        self.calls += 1
+        return [[{"bbox": [20.0, 10.0, 60.0, 50.0], "score": 0.8, "label": "dog"}] for _ in images]
+
+
+def test_detector_boxes_every_frame(tiny_run, video, tmp_path):  # noqa: F811
+    est = load_model(tiny_run, device="cpu")
+    det = _StubDetector()
+    summary = run_video_prediction(est, video, tmp_path, detector=det, batch_size=4, visualize=False)
+    assert det.calls == 2  # one call per batch of frames
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert len(preds) == N_FRAMES and all(p["bbox"] == [20.0, 10.0, 60.0, 50.0] for p in preds)
+    assert pd.read_csv(summary["csv"], header=[0, 1, 2, 3], index_col=0).shape == (N_FRAMES, 51)
+
+
+def test_follow_rejects_a_boxes_file_and_unknown_modes(tiny_run, video, tmp_path):  # noqa: F811
+    est = load_model(tiny_run, device="cpu")
+    with pytest.raises(ValueError, match="track=follow makes its own boxes"):
+        run_video_prediction(est, video, tmp_path, track="follow", detections=[])
+    with pytest.raises(ValueError, match="track must be one of"):
+        run_video_prediction(est, video, tmp_path, track="sort")
