@@ -29,7 +29,9 @@ DATASET_INSTRUCTIONS: dict[str, str] = {
         "order, one category per species); images stay in <data_dir>/animalpose/images/."
     ),
     "coco": "Check the train_ann / val_ann / test_ann / img_dir paths given to data=coco.",
-    "dlc": "Check data.project: it must be a DeepLabCut project folder holding labeled-data/*/CollectedData_*.csv.",
+    "dlc": ("Check data.project: a DeepLabCut project folder holding labeled-data/*/CollectedData_*.csv, or a "
+            "lightning-pose CollectedData.csv."),
+    "sleap": 'Check data.project: a SLEAP labels file (.slp); reading it needs pip install -e ".[sleap]".',
 }
 
 
