@@ -297,6 +297,8 @@ _WHOLE_WORDS = frozenset({"forehead", "middle", "frontal", "offset", "backbone",
 # Single letters as written by mmpose-style names ("L_F_Paw") and compact side markers ("eyeL", "forelegR1"),
 # and abbreviations of DeepPoseKit's insect layouts ("anttipL": antenna tip).
 _ABBREVIATIONS = {"l": "left", "r": "right", "f": "front", "b": "back", "ant": "antenna"}
+# Second letters of compact limb codes ("LF_paw", "RH_knee").
+_LIMB_LETTERS = {"F": "front", "B": "back", "H": "hind"}
 _SIDES = ("left", "right")
 _SWAP = {"left": "right", "right": "left"}
 # Position words that are not flip sides (reported in the keypoint table, never paired).
@@ -339,7 +341,8 @@ def name_tokens(name: str) -> list[str]:
     Separators (``_ - . space``, stray whitespace included), camel case and digits split words; single letters
     L/R/F/B expand to left/right/front/back; glued prefixes (left, right, front, back, hind, fore, mid, near,
     off, ...) and suffixes (base, tip, root, ...) are split off when at least three letters remain; ``ant`` reads
-    as antenna; a left/right word moves to the front and numbers stay:
+    as antenna; upper-case limb codes expand (``LF`` -> left front, ``RH`` -> right hind); a left/right word
+    moves to the front and numbers stay:
     ``L_F_Paw`` -> [left, front, paw], ``eyeL`` -> [left, eye], ``forelegR1`` -> [right, fore, leg, 1],
     ``Eye_Left`` -> [left, eye], ``anttipL`` -> [left, antenna, tip], ``Nearfrontfetlock`` -> [near, front,
     fetlock], ``tailbase`` -> [tail, base].
@@ -351,6 +354,9 @@ def name_tokens(name: str) -> list[str]:
         word = raw.lower()
         if word in _ABBREVIATIONS and len(word) == 1:
             words.append(_ABBREVIATIONS[word])
+        elif raw.isupper() and len(raw) <= 3 and raw[0] in "LR" and set(raw[1:]) <= set(_LIMB_LETTERS):
+            # compact limb codes: LF (left front), RH (right hind), LB
+            words.extend([_ABBREVIATIONS[word[0]], *(_LIMB_LETTERS[c] for c in raw[1:])])
         else:
             words.extend(_peel(word))
     sides = [w for w in words if w in _SIDES]

@@ -154,6 +154,9 @@ def test_meta_validation():
         ("Offhindhock", "off hind hock"),
         ("  left_ear ", "left ear"),
         ("forehead", "forehead"),
+        ("LF_paw", "left front paw"),
+        ("RH knee", "right hind knee"),
+        ("LED", "led"),
     ],
 )
 def test_name_to_prompt(name, prompt):
