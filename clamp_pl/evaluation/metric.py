@@ -241,15 +241,6 @@ class CocoKeypointAP(Metric):
         """
         return copy.deepcopy(self._analysis)
 
-    def instance_oks(self) -> dict[int, float]:
-        return self.analysis().get("instance_oks", {})
-
-    def keypoint_confusion(self) -> np.ndarray | None:
-        return self.analysis().get("keypoint_confusion")
-
-    def keypoint_pck(self) -> dict[str, np.ndarray]:
-        return self.analysis().get("keypoint_pck", {})
-
     def reset(self) -> None:
         super().reset()
         self._results = None

@@ -113,10 +113,11 @@ def test_perfect_predictions():
         assert out[key] == pytest.approx(1.0), key
     assert out["swap/1-2"] == 0.0 and out["swap/3-4"] == 0.0 and out["swap/mean"] == 0.0
     assert out["nearest_correct"] == 1.0
-    conf = metric.keypoint_confusion()
+    analysis = metric.analysis()
+    conf = analysis["keypoint_confusion"]
     n_labelled = sum(int(v > 0) for a in gt["annotations"] for v in a["keypoints"][2::3])
     assert conf.shape == (K, K) and np.trace(conf) == conf.sum() == n_labelled
-    table = metric.keypoint_pck()
+    table = analysis["keypoint_pck"]
     assert set(table) == {"all", "cat", "dog", "lion"} and all(np.nanmin(v) == 1.0 for v in table.values())
     assert "AP_family/Ursidae" not in out
     results = metric.coco_results()
@@ -129,16 +130,16 @@ def test_instance_oks_per_ground_truth_instance():
     """Perfect cats score OKS 1, noisy dogs and lions less; the detector duplicate (not in GT) is absent."""
     gt = make_gt()
     metric = make_metric(gt)
-    assert metric.instance_oks() == {}  # nothing computed yet
+    assert metric.analysis() == {}  # nothing computed yet
     update(metric, make_predictions(gt, perfect_cats=(1,)))
     metric.compute()
-    oks = metric.instance_oks()
+    oks = metric.analysis()["instance_oks"]
     assert set(oks) == {a["id"] for a in gt["annotations"]}
     cat = {a["id"]: a["category_id"] for a in gt["annotations"]}
     assert all(v == pytest.approx(1.0) for a, v in oks.items() if cat[a] == 1)
     assert all(0.0 < v < 1.0 for a, v in oks.items() if cat[a] != 1)
     metric.reset()
-    assert metric.instance_oks() == {} and metric.keypoint_confusion() is None and metric.keypoint_pck() == {}
+    assert metric.analysis() == {}
 
 
 def test_matches_functional_pipeline():
