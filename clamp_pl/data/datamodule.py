@@ -273,9 +273,6 @@ class PoseDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
 
 def _require(paths: dict[str, tuple[Path, Path]], dataset: str) -> dict[str, tuple[Path, Path]]:
     for ann, img_dir in paths.values():
