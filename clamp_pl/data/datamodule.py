@@ -426,11 +426,37 @@ class DLCDataModule(OwnDataModule):
         return dlc_to_coco(self.project, self.root, split=self.split, val_fraction=self.val_fraction,
                            test_fraction=self.test_fraction, seed=self.split_seed, category_name=self.category_name)
 
+    def _conversion_key(self) -> dict[str, Any]:
+        """What the converted files depend on: the label files (path, size, mtime) and the split settings."""
+        if self.project.is_dir():
+            sources = sorted(self.project.glob("labeled-data/*/CollectedData_*.csv"))
+            sources += [self.project / "config.yaml"] if (self.project / "config.yaml").is_file() else []
+        else:
+            sources = [self.project]
+        return {"type": type(self).__name__, "converter": 2, "category_name": self.category_name,
+                "split": self.split, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                "split_seed": self.split_seed,
+                "sources": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in sources]}
+
     def prepare_data(self) -> None:
+        # Lightning calls this before fit and again before test: convert once per change of the labels
+        stamp = self.root / "conversion.json"
+        key = self._conversion_key() if self.project.exists() else None
+        paths = {s: self.root / "annotations" / f"{s}.json" for s in SPLITS}
+        paths = {s: p for s, p in paths.items() if p.is_file()}
+        paths.update(images=self.root / "images", split=self.root / "split.json")
+        if key is not None and stamp.is_file() and paths["split"].is_file() and "train" in paths:
+            try:
+                if json.loads(stamp.read_text()) == key:
+                    self._paths = paths
+                    return
+            except json.JSONDecodeError:
+                pass
         self._paths = self.convert()
+        stamp.write_text(json.dumps(self._conversion_key(), indent=1))
         counts = json.loads(self._paths["split"].read_text())["counts"]
         log.info("%s -> %s: %s", self.project, self.root,
-                 {s: (c["frames"], c["instances"]) for s, c in counts.items()})
+                 {s: {"frames": c["frames"], "instances": c["instances"]} for s, c in counts.items()})
 
     def files(self) -> dict[str, tuple[Path, Path]]:
         if self._paths is None:

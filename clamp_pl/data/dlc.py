@@ -279,12 +279,14 @@ def split_labels(n: int, video: str, blocks: Mapping[str, tuple[int, int]]) -> l
 
 
 def write_coco_splits(out_dir: Path, splits: Mapping[str, dict], category: dict, info: dict) -> dict[str, Path]:
-    """Write ``out_dir/annotations/{split}.json`` (atomically) for the splits present; returns their paths."""
+    """Write ``out_dir/annotations/{split}.json`` (atomically) for the splits present, remove those of absent
+    splits; returns the written paths."""
     paths: dict[str, Path] = {}
     ann_dir = out_dir / "annotations"
     ann_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
         if split not in splits:
+            (ann_dir / f"{split}.json").unlink(missing_ok=True)  # left by an earlier conversion
             continue
         coco = {"info": {**info, "split": split}, **splits[split], "categories": [category]}
         path = ann_dir / f"{split}.json"

@@ -103,3 +103,26 @@ def test_own_data_overrides_and_table(test_data, tmp_path):
     meta = with_model(dm).meta
     assert meta.prompts[0] == "muzzle" and meta.flip_pairs == ((3, 4),) and meta.sigmas.tolist() == [0.05] * 9
     assert "| 0 | snout | muzzle | - |" in (tmp_path / "keypoints.md").read_text()
+
+
+def test_dlc_converts_once_per_change_of_the_labels(tmp_path):
+    import os
+
+    from helpers.projects import make_dlc_project
+
+    make_dlc_project(tmp_path / "proj", {"a": 6, "b": 6})
+    dm = DLCDataModule(project=str(tmp_path / "proj"), converted_dir=str(tmp_path / "conv"), **COMMON)
+    dm.prepare_data()
+    train = dm.root / "annotations" / "train.json"
+    first = train.stat().st_mtime_ns
+    dm.prepare_data()  # Lightning calls it again before test
+    assert train.stat().st_mtime_ns == first
+    csv_file = tmp_path / "proj" / "labeled-data" / "a" / "CollectedData_me.csv"
+    os.utime(csv_file, ns=(first + 10**9, first + 10**9))
+    dm.prepare_data()
+    assert train.stat().st_mtime_ns != first
+    no_val = DLCDataModule(project=str(tmp_path / "proj"), converted_dir=str(tmp_path / "conv"), val_fraction=0,
+                           **COMMON)
+    with pytest.raises(ValueError, match=r"left no \['val'\] frames"):
+        no_val.files()
+    assert not (no_val.root / "annotations" / "val.json").exists()  # the earlier val file is not reused
