@@ -1,17 +1,18 @@
-"""CPU benchmarks of clamp_pl (issue #8): every figure next to a reference measured in the same run.
+"""CPU benchmarks of clamp_pl: every figure next to a reference measured in the same run.
 
 ``make bench`` (= ``python scripts/benchmark.py``) writes ``docs/benchmarks.json`` and ``docs/benchmarks.md`` and
 prints the Markdown table. Cases (``--only``):
 
 * ``data``: samples/s of one process (1 torch / 1 OpenCV thread: one DataLoader worker) through
-  ``TopDownDataset`` in train mode, reduced-resolution JPEG decoding on and off, on 24 synthetic AP-10K-sized
+  ``TopDownDataset`` in train mode (the configured ``data.augment``), full JPEG decoding (the default) and
+  reduced-resolution decoding (``data.reduced_decode=true``), on 24 synthetic AP-10K-sized
   JPEGs (1024x683) + the 2 real AP-10K samples in ``tests/data/ap10k``; reference: ``cv2.imread`` +
   ``cv2.warpAffine`` alone. Target: >= 150 samples/s per core.
 * ``train``: one training step (forward + ``CLAMPLoss`` + backward + fused AdamW step, as ``PoseLitModule``),
   batch 8, random init, of CLAMP vs the image-only baseline with the same backbone and head, for
   ``conf/model/clamp_{tiny,vitb16,rn50}.yaml``. Target: CLAMP <= 1.15x the baseline. The FLOP ratio column is
   the floor the arithmetic sets (``torch.utils.flop_counter``): CLAMP RN50's dense attention pool and its
-  3 x 256-channel upsampler for the spatial loss (spec section 1.7) are ~1.3x the baseline's FLOPs by
+  3 x 256-channel upsampler that the spatial loss is computed through are ~1.3x the baseline's FLOPs by
   themselves. Then the AdamW step alone, fused kernel vs PyTorch's per-tensor loop.
 * ``text``: the ViT-B/16 text tower (``--text-model``) on the 17 AP-10K prompts: truncated context (13 tokens) vs all 77
   (target <= 0.25x), the shared SOT+context prefix vs running it per prompt, and N validation forwards with the
@@ -328,27 +329,47 @@ def ap10k_like_set(root: Path, n_synthetic: int = 24, seed: int = 0) -> tuple[Pa
     return ann, img_dir
 
 
-def model_config(name: str) -> dict[str, Any]:
-    """``conf/model/<name>.yaml`` composed by Hydra, resolved, with random init (``pretrained=None``)."""
-    from omegaconf import OmegaConf
-
+@contextlib.contextmanager
+def composed(overrides: list[str]):
+    """``conf/train.yaml`` composed by Hydra with ``overrides`` (the DictConfig, inside the context)."""
     from clamp_pl.utils.config import compose_config
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = compose_config("train", [f"model={name}"], Path(d))
+        yield compose_config("train", overrides, Path(d))
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """``conf/model/<name>.yaml`` composed by Hydra and resolved, plus ``"spec"``: the model spec for the AP-10K
+    keypoints (:func:`clamp_pl.build.build_spec`: heatmap size and feature grid derived from the network)."""
+    from omegaconf import OmegaConf
+
+    from clamp_pl.build import build_spec
+    from clamp_pl.data.metainfo import get_meta
+
+    with composed([f"model={name}"]) as cfg:
         out = OmegaConf.to_container(cfg.model, resolve=True)
-    out["net"]["pretrained"] = None
+        out["spec"] = build_spec(cfg, get_meta("ap10k"), "ap10k")
     return out
 
 
+def train_augment(meta, seed: int = 0):
+    """The training augmentation as the datamodule builds it from the configured ``data.augment`` node."""
+    from omegaconf import OmegaConf
+
+    from clamp_pl.data.transforms import TopDownAugment
+
+    with composed([]) as cfg:
+        node = OmegaConf.to_container(cfg.data.augment, resolve=True)
+    return TopDownAugment(meta=meta, seed=seed, **node)
+
+
 def build_clamp(cfg: dict[str, Any], text_branch: bool = True):
-    """CLAMP for the AP-10K keypoints from a :func:`model_config`, or its image-only baseline."""
-    from clamp_pl.data.metainfo import get_meta
-    from clamp_pl.models import CLAMP
+    """The randomly initialised CLAMP of a :func:`model_config`'s spec, or its image-only baseline."""
+    import dataclasses
 
     torch.manual_seed(0)
-    net = dict(cfg["net"], text_branch=text_branch, heatmap_size=tuple(cfg["heatmap_size"]))
-    return CLAMP(prompts=list(get_meta("ap10k").prompts), **net)
+    spec = cfg["spec"]
+    return dataclasses.replace(spec, net={**spec.net, "text_branch": text_branch}).build_network()
 
 
 def synthetic_batch(model, batch: int, heatmap_size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -367,23 +388,20 @@ def synthetic_batch(model, batch: int, heatmap_size: tuple[int, int]) -> dict[st
     }
 
 
-def make_optimizer(model, fused: bool = True) -> torch.optim.Optimizer:
-    """AdamW with the no-decay split of ``PoseLitModule`` (the frozen text tower is left out), fused as
-    ``PoseLitModule`` makes it by default (``optimizer.fused: auto``)."""
-    from clamp_pl.models import no_weight_decay
+def make_optimizer(model, cfg: dict[str, Any], fused: bool = True) -> torch.optim.Optimizer:
+    """``PoseLitModule``'s AdamW (:mod:`clamp_pl.optim`) with the optimiser settings of the :func:`model_config`
+    ``cfg``; fused as the module makes it by default (``optimizer.fused: auto``)."""
+    from clamp_pl.optim import adamw, param_groups
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if no_weight_decay(name, p) else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, weight_decay=1e-4, fused=fused
-    )
+    o = cfg["optimizer"]
+    groups = param_groups(model, lr=o["lr"], weight_decay=o["weight_decay"], backbone_lr_mult=o["backbone_lr_mult"],
+                          no_decay_keys=o.get("no_decay_keys"))
+    return adamw(groups, fused=fused)
 
 
-def make_train_step(model, criterion, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
+def make_train_step(model, cfg: dict[str, Any], criterion, batch: dict[str, torch.Tensor]) -> Callable[[], None]:
     """Forward + loss + backward + optimiser step on a fixed batch."""
-    opt = make_optimizer(model)
+    opt = make_optimizer(model, cfg)
     model.train()
 
     def step() -> None:
@@ -421,10 +439,11 @@ def bench_data(repeats: int, workdir: Path) -> list[Row]:
     n = len(instances)
     size = (256, 256)
     codec = MSRAHeatmap(input_size=size, heatmap_size=(64, 64))
+    augment = train_augment(meta)
     datasets = {
         flag: TopDownDataset(
             instances,
-            TopDownTransform(meta, size, train=True, reduced_decode=flag),
+            TopDownTransform(meta, size, augment=augment, reduced_decode=flag),
             codec,
             feature_grid=(16, 16),
         )
@@ -452,21 +471,23 @@ def bench_data(repeats: int, workdir: Path) -> list[Row]:
     return [
         meas.rate_row(
             "data",
-            f"TopDownDataset train, reduced decode on ({n} AP-10K-sized JPEGs, 1 thread)",
+            f"TopDownDataset train, full decode (data.reduced_decode=false, the default and CLAMP's; {n} "
+            "AP-10K-sized JPEGs, 1 thread)",
             ref_name,
             n,
-            "on",
+            "off",
             "ref",
             target=("value_ge", 150.0),
             detail=detail,
         ),
         meas.rate_row(
             "data",
-            "TopDownDataset train, reduced decode off",
+            "TopDownDataset train, reduced-resolution decode (data.reduced_decode=true)",
             ref_name,
             n,
-            "off",
+            "on",
             "ref",
+            target=("value_ge", 150.0),
             detail=detail,
         ),
     ]
@@ -483,8 +504,8 @@ def bench_train(models: list[str], repeats: int | None, batch: int) -> list[Row]
         fns, nets, flops = {}, {}, {}
         for variant, text_branch in (("clamp", True), ("baseline", False)):
             nets[variant] = build_clamp(cfg, text_branch)
-            data = synthetic_batch(nets[variant], batch, cfg["heatmap_size"])
-            fns[variant] = make_train_step(nets[variant], criterion, data)
+            data = synthetic_batch(nets[variant], batch, cfg["spec"].heatmap_size)
+            fns[variant] = make_train_step(nets[variant], cfg, criterion, data)
             flops[variant] = flops_of(fns[variant])
         reps = repeats or DEFAULT_REPEATS[key]
         meas = measure(fns, reps)
@@ -509,7 +530,7 @@ def bench_train(models: list[str], repeats: int | None, batch: int) -> list[Row]
         )
         # the optimiser step alone, on the gradients the last timed step left: fused kernel vs per-tensor loop
         net = nets["clamp"]
-        opts = {"fused": make_optimizer(net, fused=True), "loop": make_optimizer(net, fused=False)}
+        opts = {"fused": make_optimizer(net, cfg, fused=True), "loop": make_optimizer(net, cfg, fused=False)}
         t = time_interleaved({k: o.step for k, o in opts.items()}, reps + 2)
         n_tensors = sum(len(g["params"]) for g in opts["fused"].param_groups)
         rows.append(
@@ -587,7 +608,7 @@ def bench_text(models: list[str], repeats: int | None, text_model: str = "ViT-B-
     for key in models:
         cfg = model_config(MODELS[key])
         model = build_clamp(cfg).eval()
-        x = synthetic_batch(model, 8, cfg["heatmap_size"])["image"]
+        x = synthetic_batch(model, 8, cfg["spec"].heatmap_size)["image"]
         n_fwd = 10 if key == "tiny" else 3
 
         def val(cache: bool, model=model, x=x, n_fwd=n_fwd) -> Callable[[], None]:
@@ -617,25 +638,14 @@ def bench_text(models: list[str], repeats: int | None, text_model: str = "ViT-B-
 
 
 def bench_flip(models: list[str], repeats: int | None, batch: int) -> list[Row]:
-    from clamp_pl.data.metainfo import get_meta
     from clamp_pl.pose_module import PoseLitModule
 
-    meta = get_meta("ap10k")
     rows = []
     for key in models:
         cfg = model_config(MODELS[key])
         torch.manual_seed(0)
-        module = PoseLitModule(
-            net=cfg["net"],
-            prompts=list(meta.prompts),
-            flip_indices=list(meta.flip_indices),
-            sigmas=meta.sigmas.tolist(),
-            heatmap_size=cfg["heatmap_size"],
-            feature_stride=cfg["feature_stride"],
-            loss=cfg["loss"],
-            test_cfg=cfg["test_cfg"],
-        ).eval()
-        x = synthetic_batch(module.net, batch, cfg["heatmap_size"])["image"]
+        module = PoseLitModule(spec=cfg["spec"], loss=cfg["loss"]).eval()
+        x = synthetic_batch(module.net, batch, cfg["spec"].heatmap_size)["image"]
         fns = {
             flip: (lambda flip=flip, m=module, x=x: m.predict_heatmaps(x, flip_test=flip))
             for flip in (True, False)

@@ -1,4 +1,4 @@
-"""GPU training throughput of CLAMP vs the image-only baseline (issue #8) -> docs/benchmarks_gpu.{json,md}.
+"""GPU training throughput of CLAMP vs the image-only baseline -> docs/benchmarks_gpu.{json,md}.
 
 One prepared run (< 8 minutes on one H200; ``--budget-s`` skips what would not fit) of CLAMP ViT-B/16 at 256x256
 (``conf/model/clamp_vitb16.yaml``, random init) and its image-only baseline, bf16-mixed (``torch.autocast``),
@@ -6,8 +6,9 @@ and the step of ``PoseLitModule`` (fused AdamW, the non-finite skip decided on t
 otherwise:
 
 * synthetic tensors: eager; eager + channels_last; ``torch.compile`` (contiguous);
-* the real loader: ``TopDownDataset`` (train transform) on synthetic AP-10K-sized JPEGs, ``--workers`` worker
-  processes, pinned memory; the loader alone and the training step fed by it;
+* the real loader: ``TopDownDataset`` (train transform, the configured ``data.augment``) on synthetic AP-10K-sized
+  JPEGs, ``--workers`` worker processes, pinned memory; the loader alone with full and with reduced-resolution
+  JPEG decoding (``data.reduced_decode``), and the training step fed by it (full decoding, the default);
 * the non-finite check: the device-side skip (loss flag + gradient norm, handed to fused AdamW as
   ``optimizer.found_inf``, the attribute AMP's GradScaler uses: no host sync) vs ``if not torch.isfinite(loss)``
   (a host-device sync per step, ``PoseLitModule`` before it went sync-free) vs no check;
@@ -46,12 +47,14 @@ from benchmark import (  # noqa: E402  (the sibling script, importable once its 
     build_clamp,
     log,
     machine_info,
+    make_optimizer,
     model_config,
     peak_memory_mib,
     synthetic_batch,
+    train_augment,
 )
 
-from clamp_pl.models import CLAMPLoss, no_weight_decay  # noqa: E402
+from clamp_pl.models import CLAMPLoss  # noqa: E402
 from clamp_pl.utils.run import flops_of  # noqa: E402
 
 Step = Callable[[dict[str, torch.Tensor]], None]
@@ -69,7 +72,7 @@ class Runner:
         self.batch = {
             v: {
                 k: t.to(self.device)
-                for k, t in synthetic_batch(net, args.batch, self.cfg["heatmap_size"]).items()
+                for k, t in synthetic_batch(net, args.batch, self.cfg["spec"].heatmap_size).items()
             }
             for v, net in self.nets.items()
         }
@@ -82,14 +85,6 @@ class Runner:
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=torch.bfloat16)
 
-    def optimizer(self, net: torch.nn.Module, fused: bool) -> torch.optim.Optimizer:
-        decay, no_decay = [], []
-        for name, p in net.named_parameters():
-            if p.requires_grad:
-                (no_decay if no_weight_decay(name, p) else decay).append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-4, fused=fused or None)
-
     def make_step(
         self, variant: str, *, compiled: bool = False, fused: bool = True, check: str = "device"
     ) -> Step:
@@ -98,7 +93,7 @@ class Runner:
         -> fused AdamW's ``found_inf`` flag, skipped on the device, no sync)."""
         net = self.nets[variant].train()
         model = torch.compile(net) if compiled else net
-        opt = self.optimizer(net, fused or check == "device")
+        opt = make_optimizer(net, self.cfg, fused=fused or check == "device")
 
         def step(batch: dict[str, torch.Tensor]) -> None:
             opt.zero_grad(set_to_none=True)
@@ -193,7 +188,8 @@ class Runner:
         return row
 
     def loader_rows(self, workdir: Path) -> list[dict[str, Any]]:
-        """The loader alone, then the training step fed by it (eager), CLAMP and baseline."""
+        """The loader alone with full and with reduced-resolution JPEG decoding (``data.reduced_decode``), then
+        the training step fed by the default (full decoding), eager, CLAMP and baseline."""
         from clamp_pl.codecs import MSRAHeatmap
         from clamp_pl.data.coco import load_coco_instances
         from clamp_pl.data.dataset import TopDownDataset
@@ -209,15 +205,16 @@ class Runner:
         instances = (instances * (need // len(instances) + 1))[:need]
         net = self.nets["clamp"]
         gh, gw = net.feature_grid
-        ds = TopDownDataset(
-            instances,
-            TopDownTransform(meta, (size, size), train=True),
-            MSRAHeatmap((size, size), tuple(self.cfg["heatmap_size"])),
-            feature_grid=(gw, gh),
-        )
+        augment = train_augment(meta)
         pin = self.device.type == "cuda"
 
-        def loader() -> DataLoader:
+        def loader(reduced_decode: bool = False) -> DataLoader:
+            ds = TopDownDataset(
+                instances,
+                TopDownTransform(meta, (size, size), augment=augment, reduced_decode=reduced_decode),
+                MSRAHeatmap((size, size), tuple(self.cfg["spec"].heatmap_size)),
+                feature_grid=(gw, gh),
+            )
             return DataLoader(
                 ds,
                 batch_size=a.batch,
@@ -230,15 +227,16 @@ class Runner:
             )
 
         rows = []
-        it = iter(loader())
-        next(it)  # worker start-up
-        t0 = time.perf_counter()
-        n = 0
-        for batch in it:
-            n += batch["image"].shape[0]
-        alone = n / (time.perf_counter() - t0)
-        rows.append({"config": f"loader alone, {a.workers} workers", "loader_images_per_s": alone})
-        log(f"loader alone: {alone:.0f} images/s")
+        for reduced, label in ((False, "full decode"), (True, "reduced decode")):
+            it = iter(loader(reduced))
+            next(it)  # worker start-up
+            t0 = time.perf_counter()
+            n = 0
+            for batch in it:
+                n += batch["image"].shape[0]
+            alone = n / (time.perf_counter() - t0)
+            rows.append({"config": f"loader alone, {a.workers} workers, {label}", "loader_images_per_s": alone})
+            log(f"loader alone, {label}: {alone:.0f} images/s")
         row: dict[str, Any] = {"config": f"real loader ({a.workers} workers), eager"}
         for variant in ("clamp", "baseline"):
             if self.over_budget():

@@ -39,7 +39,8 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
     ):
         for variant in ("clamp", "baseline"):
             assert rows[config][variant]["images_per_s"] > 0, (config, variant, rows[config][variant])
-    assert rows["loader alone, 0 workers"]["loader_images_per_s"] > 0
+    for decode in ("full decode", "reduced decode"):  # data.reduced_decode false (default) and true
+        assert rows[f"loader alone, 0 workers, {decode}"]["loader_images_per_s"] > 0
     flops = data["settings"]["tflop_per_step"]
     assert flops["clamp"] > flops["baseline"] > 0
     assert "| synthetic, eager (fused AdamW, device-side non-finite skip) |" in (tmp_path / "benchmarks_gpu.md").read_text()

@@ -8,10 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from clamp_pl.data.metainfo import DatasetMeta
 from clamp_pl.models import CLAMP
 from clamp_pl.models.clamp import no_weight_decay
 from clamp_pl.optim import adamw, fused_supported, param_groups
 from clamp_pl.pose_module import PoseLitModule
+from clamp_pl.spec import make_spec
 
 NET = dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
            upconv_num_deconv=3, upconv_channels=16)
@@ -61,8 +63,12 @@ def test_groups_equal_the_former_inline_groups(net, keys):
 
 def test_module_optimizer_uses_the_groups():
     torch.manual_seed(0)
-    module = PoseLitModule(net=NET, prompts=PROMPTS, flip_indices=[1, 0, 2, 4, 3], sigmas=[0.07] * 5,
-                           heatmap_size=(32, 32), feature_stride=32, optimizer=OPT)
+    meta = DatasetMeta(name="test", keypoint_names=tuple(PROMPTS), prompts=tuple(PROMPTS),
+                       flip_indices=(1, 0, 2, 4, 3), sigmas=[0.07] * 5, skeleton=(), upper_body_ids=(),
+                       lower_body_ids=(), joint_weights=[1.0] * 5)
+    spec = make_spec(NET, meta, normalization="imagenet", padding=1.25, sigma=2.0, decode="default",
+                     shift_heatmap=True, flip_test=True)
+    module = PoseLitModule(spec=spec, optimizer=OPT)
     module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
     opt = module.configure_optimizers()["optimizer"]
     module.trainer = None
@@ -81,3 +87,20 @@ def test_adamw_fused_choice_and_errors(net):
         adamw(groups, fused="yes")
     with pytest.raises(ValueError, match="no trainable parameters"):
         adamw([])
+
+
+def test_benchmark_scripts_build_the_module_groups(net, monkeypatch):
+    """The benchmark scripts take their optimiser from clamp_pl.optim, with the configured lr, decay and backbone
+    multiplier (benchmark_gpu.py imports benchmark.py's)."""
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import benchmark
+
+    cfg = {"optimizer": {"lr": 5e-4, "weight_decay": 1e-4, "backbone_lr_mult": 0.1}}
+    opt = benchmark.make_optimizer(net, cfg, fused=False)
+    assert _summary(opt.param_groups) == _summary(_reference_groups(net, 5e-4, 1e-4, 0.1))
+    assert opt.defaults["fused"] is False
+    import benchmark_gpu
+
+    assert benchmark_gpu.make_optimizer is benchmark.make_optimizer
