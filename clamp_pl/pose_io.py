@@ -6,7 +6,8 @@ analysis results:
 
 * CSV (:func:`write_dlc_csv`), header rows ``scorer`` / ``bodyparts`` / ``coords`` (single animal) or
   ``scorer`` / ``individuals`` / ``bodyparts`` / ``coords`` (several), then one row per frame: the index (frame
-  number, or an image's relative path) and ``x, y, likelihood`` per body part; missing values are empty cells.
+  number, or an image's relative path) and ``x, y, likelihood`` per body part; missing values are ``NaN`` (not
+  empty cells: pandas takes a first data row of empty cells for a row of index names and drops it).
   ``pandas.read_csv(path, header=[0, 1, 2], index_col=0)`` (``[0, 1, 2, 3]`` with individuals) reads it back.
 * HDF5 (:func:`write_dlc_h5`, key ``df_with_missing``, the same columns as a pandas MultiIndex), when pandas and
   PyTables are installed (``pip install pandas tables``); skipped with a log line otherwise.
@@ -76,8 +77,8 @@ class PoseTable:
 
     def values(self) -> np.ndarray:
         """``[T, I * K * 3]`` in the order of :meth:`columns`."""
-        t = len(self.index)
-        return np.concatenate([self.xy, self.likelihood[..., None]], axis=-1).reshape(t, -1)
+        t, i, k = self.likelihood.shape
+        return np.concatenate([self.xy, self.likelihood[..., None]], axis=-1).reshape(t, i * k * 3)
 
     def header_names(self) -> list[str]:
         return ["scorer", "bodyparts", "coords"] if self.individuals is None else \
@@ -123,7 +124,7 @@ def write_dlc_csv(table: PoseTable, path: str | Path) -> Path:
         for level, name in enumerate(table.header_names()):
             w.writerow([name, *(c[level] for c in cols)])
         for label, row in zip(table.index, vals):
-            w.writerow([label, *("" if not np.isfinite(v) else f"{v:.3f}" if j % 3 < 2 else f"{v:.4f}"
+            w.writerow([label, *("NaN" if not np.isfinite(v) else f"{v:.3f}" if j % 3 < 2 else f"{v:.4f}"
                                  for j, v in enumerate(row))])
     return path
 
