@@ -1,15 +1,15 @@
-"""Importing the authors' checkpoints: a tiny CLAMP written out in the official (mmpose) layout by this file's
-own key table, converted back, gives the same outputs; bad keys and shapes are named; files load safely."""
+"""Importing the authors' checkpoints: a tiny CLAMP written out in the official (mmpose) layout by the tests' own
+key table (helpers/official_layout.py), converted back, gives the same outputs; bad keys and shapes are named;
+files load safely."""
 
 from __future__ import annotations
 
 import argparse
-import collections
 
 import numpy as np
-import open_clip
 import pytest
 import torch
+from helpers.official_layout import mmpose_checkpoint, to_official
 
 from clamp_pl.models import CLAMP
 from clamp_pl.models.official import (
@@ -28,103 +28,12 @@ TINY = {
     "clamp-tiny-rn": dict(image_size=128, heatmap_size=(32, 32), num_deconv=3, upconv_num_deconv=3,
                           upconv_channels=16),
 }
-BLOCK = ["attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
-         "ln_1.weight", "ln_1.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias",
-         "ln_2.weight", "ln_2.bias"]
-BN = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
-ATTN = ["q_proj.weight", "k_proj.weight", "v_proj.weight", "proj.weight", "proj.bias"]
-
-
 def make(name: str, seed: int = 0, **kw) -> CLAMP:
     torch.manual_seed(seed)
     args = dict(clip_model=name, pretrained=None, prompts=PROMPTS, decoder_width=32, decoder_layers=2,
                 text_context_length=13, **TINY[name])
     args.update(kw)
     return CLAMP(**args)
-
-
-def official_keys(name: str, decoder_layers: int = 2, num_deconv: int = 2) -> dict[str, str]:
-    """Official parameter name -> CLAMP parameter name, written from the official modules (mmpose CLAMP
-    detector, CLIPVisionTransformer / CLIPResNetWithAttention, CLIPTextContextEncoder,
-    PromptEncoderWithoutPositionemb, ContextDecoder, TopdownHeatmapSimpleHead) for a model of this shape."""
-    cfg = open_clip.get_model_config(name)
-    table: dict[str, str] = {}
-    vis = "image_tower.visual."
-    if name.endswith("vit"):
-        for leaf in ["conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias",
-                     "ln_post.weight", "ln_post.bias", "proj"]:
-            table[f"backbone.{leaf}"] = vis + leaf
-        for i in range(cfg["vision_cfg"]["layers"]):
-            for leaf in BLOCK:
-                table[f"backbone.transformer.resblocks.{i}.{leaf}"] = f"{vis}transformer.resblocks.{i}.{leaf}"
-    else:
-        for j in (1, 2, 3):
-            table[f"backbone.conv{j}.weight"] = f"{vis}conv{j}.weight"
-            for leaf in BN:
-                table[f"backbone.bn{j}.{leaf}"] = f"{vis}bn{j}.{leaf}"
-        for stage, blocks in enumerate(cfg["vision_cfg"]["layers"], start=1):
-            for b in range(blocks):
-                pre = f"layer{stage}.{b}."
-                for j in (1, 2, 3):
-                    table[f"backbone.{pre}conv{j}.weight"] = f"{vis}{pre}conv{j}.weight"
-                    for leaf in BN:
-                        table[f"backbone.{pre}bn{j}.{leaf}"] = f"{vis}{pre}bn{j}.{leaf}"
-                if b == 0:  # every first block changes width or stride here
-                    table[f"backbone.{pre}downsample.0.weight"] = f"{vis}{pre}downsample.0.weight"
-                    for leaf in BN:
-                        table[f"backbone.{pre}downsample.1.{leaf}"] = f"{vis}{pre}downsample.1.{leaf}"
-        for proj in ["q_proj", "k_proj", "v_proj", "c_proj"]:
-            for leaf in ["weight", "bias"]:
-                table[f"backbone.attnpool.{proj}.{leaf}"] = f"{vis}attnpool.{proj}.{leaf}"
-        table["backbone.attnpool.positional_embedding"] = f"{vis}attnpool.positional_embedding"
-    txt = "prompt_learner.text_tower."
-    for leaf in ["token_embedding.weight", "positional_embedding", "ln_final.weight", "ln_final.bias",
-                 "text_projection"]:
-        table[f"text_encoder.{leaf}"] = txt + leaf
-    for i in range(cfg["text_cfg"]["layers"]):
-        for leaf in BLOCK:
-            table[f"text_encoder.transformer.resblocks.{i}.{leaf}"] = f"{txt}transformer.resblocks.{i}.{leaf}"
-    for leaf in BLOCK:
-        table[f"prompt_encoder.transformer.resblocks.0.{leaf}"] = f"prompt_encoder.block.{leaf}"
-    table["prompt_encoder.ln_final.weight"] = "prompt_encoder.ln.weight"
-    table["prompt_encoder.ln_final.bias"] = "prompt_encoder.ln.bias"
-    cd = "context_decoder."
-    for mod, idx in [("memory_proj", (0, 1, 2)), ("text_proj", (0, 1)), ("out_proj", (0, 1))]:
-        for i in idx:
-            for leaf in ["weight", "bias"]:
-                table[f"{cd}{mod}.{i}.{leaf}"] = f"{cd}{mod}.{i}.{leaf}"
-    for i in range(decoder_layers):
-        for attn in ["self_attn", "cross_attn"]:
-            for leaf in ATTN:
-                table[f"{cd}decoder.{i}.{attn}.{leaf}"] = f"{cd}decoder.{i}.{attn}.{leaf}"
-        for leaf in ["norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "norm3.weight", "norm3.bias",
-                     "mlp.0.weight", "mlp.0.bias", "mlp.3.weight", "mlp.3.bias"]:
-            table[f"{cd}decoder.{i}.{leaf}"] = f"{cd}decoder.{i}.{leaf}"
-    for official, ours in [("keypoint_head", "keypoint_head"), ("upconv_head", "upsample_head")]:
-        for d in range(num_deconv):
-            table[f"{official}.deconv_layers.{3 * d}.weight"] = f"{ours}.deconv_layers.{3 * d}.weight"
-            for leaf in BN:
-                table[f"{official}.deconv_layers.{3 * d + 1}.{leaf}"] = f"{ours}.deconv_layers.{3 * d + 1}.{leaf}"
-        for leaf in ["weight", "bias"]:
-            table[f"{official}.final_layer.{leaf}"] = f"{ours}.final_layer.{leaf}"
-    table["gamma"] = "gamma"
-    table["logit_scale"] = "logit_scale"
-    table["contexts"] = "prompt_learner.ctx"
-    return table
-
-
-def to_official(model: CLAMP, name: str, num_deconv: int) -> dict[str, torch.Tensor]:
-    """The model's weights under the official names, plus the official parameters CLAMP does not have."""
-    ours = model.state_dict()
-    table = official_keys(name, num_deconv=num_deconv)
-    assert sorted(table.values()) == sorted(ours), "the key table covers every CLAMP parameter exactly once"
-    sd = {official: ours[mine].clone() for official, mine in table.items()}
-    sd["contexts"] = sd["contexts"].unsqueeze(0)  # official [1, n_ctx, width]
-    d, w = model.image_tower.embed_dim, model.prompt_learner.text_tower.width
-    sd["text_projection"] = torch.randn(d, d)
-    sd["prompt_encoder.positional_embedding"] = torch.randn(K, d)
-    sd["prompt_encoder.text_projection"] = torch.randn(w, d)
-    return sd
 
 
 @pytest.mark.parametrize("name,num_deconv", [("clamp-tiny-vit", 2), ("clamp-tiny-rn", 3)])
@@ -203,17 +112,6 @@ def test_wrong_shapes_and_unfilled_parameters_are_named():
     official["contexts"] = torch.zeros(8, 64)
     with pytest.raises(ValueError, match=r"'contexts' should be \[1, n_ctx, width\], got \[8, 64\]"):
         convert_state_dict(official)
-
-
-def mmpose_checkpoint(state_dict, **meta_extra):
-    """What mmcv 1.4's save_checkpoint writes: meta (versions, config text, numpy scores), weights, optimiser."""
-    meta = {"mmcv_version": "1.4.0", "time": "Tue Jun 27 10:00:00 2023", "config": "model = dict(type='CLAMP')",
-            "epoch": 210, "iter": 11550, "seed": np.int64(0),
-            "hook_msgs": {"best_score": np.float64(0.747), "best_ckpt": "work_dirs/best_AP_epoch_210.pth"},
-            "env_info": "sys.platform: linux", "flops": np.array([1.5, 2.5], dtype=np.float32),
-            "dtype": np.dtype("float32"), **meta_extra}
-    sd = collections.OrderedDict(("module." + k, v) for k, v in state_dict.items())
-    return {"meta": meta, "state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 5e-6}]}}
 
 
 def test_mmpose_checkpoint_with_numpy_meta_loads_safely(tmp_path):
