@@ -288,7 +288,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             log.warning("%d of %d images have no detection: no prediction for them", empty, len(jobs))
     else:
         jobs = [ImageJob(f, f.relative_to(root).as_posix(), i) for f, i in zip(files, _default_ids(files))]
-    est = load_model(cfg.ckpt_path, device=cfg.get("device"), normalization=cfg.get("normalization"))
+    est = load_model(cfg.ckpt_path, device=cfg.get("device"))
     out = Path(cfg.output_dir)
     summary = run_prediction(
         est, jobs, out, score_threshold=float(cfg.score_threshold), flip_test=bool(cfg.flip_test),
@@ -341,7 +341,7 @@ def _predict_video(cfg: DictConfig) -> dict[str, Any]:
     except TypeError as e:
         raise ValueError(f"follow: {e} (known keys: {sorted(FollowConfig.__dataclass_fields__)})") from e
     detector = _build_detector(cfg)
-    est = load_model(cfg.ckpt_path, device=cfg.get("device"), normalization=cfg.get("normalization"))
+    est = load_model(cfg.ckpt_path, device=cfg.get("device"))
     out = Path(cfg.output_dir)
     summary = run_video_prediction(
         est, cfg.input, out, track=track, follow=follow, detector=detector, detections=dets,

@@ -51,14 +51,16 @@ def test_single_animal_csv_reads_back_with_pandas(tmp_path):
 
 
 def test_multi_animal_csv_has_the_individuals_row(tmp_path):
-    rows = [[_inst([[1, 1]] * 4, [0.5] * 4, 0.5), _inst([[9, 9]] * 4, [0.9] * 4, 0.9)],
+    rows = [[],  # a first row without any prediction is still a row (pandas drops a first row of empty cells)
+            [_inst([[1, 1]] * 4, [0.5] * 4, 0.5), _inst([[9, 9]] * 4, [0.9] * 4, 0.9)],
             [],
             [_inst([[5, 5]] * 4, [0.7] * 4, 0.7)]]
-    table = table_from_instances(["a/1.jpg", "a/2.jpg", "b/1.jpg"], rows, PARTS, "clamp", multi_animal=True)
+    table = table_from_instances(["a/0.jpg", "a/1.jpg", "a/2.jpg", "b/1.jpg"], rows, PARTS, "clamp",
+                                 multi_animal=True)
     df = pd.read_csv(write_dlc_csv(table, tmp_path / "p.csv"), header=[0, 1, 2, 3], index_col=0)
     assert df.columns.names == ["scorer", "individuals", "bodyparts", "coords"]
     assert list(df.columns.get_level_values("individuals").unique()) == ["animal1", "animal2"]
-    assert df.index.tolist() == ["a/1.jpg", "a/2.jpg", "b/1.jpg"]
+    assert df.index.tolist() == ["a/0.jpg", "a/1.jpg", "a/2.jpg", "b/1.jpg"] and df.loc["a/0.jpg"].isna().all()
     row = df.loc["a/1.jpg"]["clamp"]
     assert row["animal1"]["snout"]["x"] == 9 and row["animal2"]["snout"]["x"] == 1  # best score first
     assert df.loc["a/2.jpg"].isna().all() and df.loc["b/1.jpg"]["clamp"]["animal2"].isna().all()
