@@ -151,6 +151,7 @@ def test_meta_validation():
         ("wingR", "right wing"),
         ("abdomen2", "abdomen 2"),
         ("Nearfrontfetlock", "near front fetlock"),
+        ("nearfrontfetlock", "near front fetlock"),
         ("Offhindhock", "off hind hock"),
         ("  left_ear ", "left ear"),
         ("forehead", "forehead"),
