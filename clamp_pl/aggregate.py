@@ -1,7 +1,7 @@
 """Aggregate a multirun: ``python -m clamp_pl.aggregate <multirun dir> [--species] [--metrics test/AP,...]``.
 
 Reads every job's ``.hydra/config.yaml`` and ``results.json`` below the directory, groups the jobs by
-(dataset, protocol, shots, held-out, model) and prints and writes ``results.md`` and ``results.csv`` in it:
+(dataset, protocol, shots, few-shot taxa, held-out, model, starting point) and prints and writes ``results.md`` and ``results.csv`` in it:
 mean ± std (sample std, n-1) over seeds, with the number of seeds — the table a paper needs. Jobs without a
 ``results.json`` (failed or still running) are listed, never silently averaged in.
 """
@@ -19,19 +19,25 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 DEFAULT_METRICS = ("test/AP", "test/AP50", "test/AP75", "test/AR", "test/PCK@0.1")
-KEY_COLUMNS = ("dataset", "protocol", "shots", "held_out", "model")
+KEY_COLUMNS = ("dataset", "protocol", "shots", "taxa", "held_out", "model", "init")
 
 
 def _job_key(cfg) -> dict[str, str]:
     protocol = cfg.get("protocol", {}) or {}
     held = [*(protocol.get("held_out_families") or []), *(protocol.get("held_out_species") or [])]
+    # few-shot on chosen taxa only (protocol.families / species), e.g. a family the starting point never saw
+    taxa = [*(protocol.get("families") or []), *(protocol.get("species") or [])]
+    init = cfg.get("init_from")
     return {
         "dataset": str(cfg.data.get("_target_", "")).rsplit(".", 1)[-1].replace("DataModule", ""),
         "protocol": str(protocol.get("name", "")),
         "shots": str(protocol.get("shots", "")) if protocol.get("name") == "fewshot" else "",
+        "taxa": "+".join(map(str, taxa)) if protocol.get("name") == "fewshot" else "",
         "held_out": "+".join(held) if protocol.get("name") == "zeroshot" else "",
         "model": str(cfg.model.net.get("clip_model", "")) + ("" if cfg.model.net.get("text_branch", True)
                                                               else " (image only)"),
+        # the starting point: a checkpoint's file name (its run dir's name), or from scratch
+        "init": Path(str(init)).name if init else "scratch",
     }
 
 
@@ -67,7 +73,7 @@ def aggregate(rows: list[dict], metrics: list[str]) -> list[dict]:
     def order(item):
         key = item[0]
         shots = int(key[2]) if key[2].isdigit() else -1
-        return (key[0], key[1], shots, key[3], key[4])
+        return (*key[:2], shots, *key[3:])
 
     table = []
     for key, members in sorted(groups.items(), key=order):

@@ -11,14 +11,15 @@ from omegaconf import OmegaConf
 from clamp_pl.aggregate import aggregate, collect, main
 
 
-def _job(root: Path, name: str, shots: int, seed: int, ap: float, done: bool = True) -> None:
+def _job(root: Path, name: str, shots: int, seed: int, ap: float, done: bool = True, **extra) -> None:
     job = root / name
     (job / ".hydra").mkdir(parents=True)
     cfg = {
         "seed": seed,
         "data": {"_target_": "clamp_pl.data.datamodule.ToyAP10KDataModule"},
-        "protocol": {"name": "fewshot", "shots": shots, "seed": seed},
+        "protocol": {"name": "fewshot", "shots": shots, "seed": seed, **extra.pop("protocol", {})},
         "model": {"net": {"clip_model": "clamp-tiny-rn", "text_branch": True}},
+        **extra,
     }
     OmegaConf.save(OmegaConf.create(cfg), job / ".hydra" / "config.yaml")
     if done:
@@ -42,3 +43,12 @@ def test_means_and_stds_over_seeds(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "AP_species/cat" in out and "no results.json" in out
     assert (tmp_path / "results.md").is_file() and (tmp_path / "results.csv").is_file()
+
+
+def test_starting_point_and_fewshot_taxa_are_columns(tmp_path):
+    for i, (init, seed, ap) in enumerate([(None, 1, 0.1), (None, 2, 0.2), ("/x/pre.pt", 1, 0.5), ("/x/pre.pt", 2, 0.7)]):
+        _job(tmp_path, f"{i}_job", 5, seed, ap, init_from=init, protocol={"families": ["Equidae"]})
+    rows, _ = collect(tmp_path)
+    table = aggregate(rows, ["test/AP"])
+    assert [(r["init"], r["taxa"], r["seeds"]) for r in table] == [("pre.pt", "Equidae", 2), ("scratch", "Equidae", 2)]
+    assert table[0]["test/AP mean"] == statistics.fmean([0.5, 0.7])
