@@ -9,7 +9,6 @@ A finished run leaves in its Hydra output dir: ``.hydra/config.yaml``, ``config_
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -37,14 +36,18 @@ from clamp_pl.utils.run import (
 log = logging.getLogger("clamp_pl")
 
 
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not under @hydra.main (tests, train() called directly)
+        return False
+
+
 def _ddp_under_multirun(cfg: DictConfig) -> None:
     """Lightning's "ddp" launcher re-runs ``sys.argv`` in each child: inside a Hydra multirun the children would
     start their own sweeps (Lightning #11300). Unless the processes are created externally (torchrun, SLURM),
     switch to spawned workers, which inherit the composed job instead of re-parsing the command line."""
-    try:
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return
+    multirun = _is_multirun()
     strategy = cfg.trainer.get("strategy")
     external = "LOCAL_RANK" in os.environ or "SLURM_NTASKS" in os.environ
     if multirun and isinstance(strategy, DictConfig) and "DDPStrategy" in strategy.get("_target_", ""):
@@ -100,10 +103,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
-    name = cfg.get("optimized_metric")
-    if name and name in metrics and math.isfinite(metrics[name]):
-        return metrics[name]
-    return None
+    return objective_value(metrics, cfg.get("optimized_metric"), multirun=_is_multirun())
+
+
+def objective_value(metrics: dict[str, Any], name: str | None, multirun: bool) -> float | None:
+    """What a sweeper (Optuna) optimises: ``metrics[name]`` (``optimized_metric``), NaN included (Optuna records
+    the trial as failed). None without ``optimized_metric``, or in a single run that did not log it.
+
+    Raises:
+        ValueError: in a multirun, the run did not log ``name``; the message lists what it logged.
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        if multirun:
+            raise ValueError(f"optimized_metric={name!r} was not logged by this run, so the sweeper has nothing to "
+                           f"optimise; logged metrics: {sorted(metrics)}")
+        return None
+    return float(metrics[name])
 
 
 if __name__ == "__main__":

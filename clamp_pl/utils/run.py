@@ -11,6 +11,7 @@ import netrc
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,21 @@ WANDB_ID_FILE = "wandb_run_id.txt"
 
 
 def task_wrapper(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Log failures with the run dir, and always close W&B so that the next multirun job opens a new run."""
+    """Log failures with the run dir, and always close W&B so that the next multirun job opens a new run.
+
+    ``extras.ignore_warnings``: Python warnings are not shown while the task runs (DataLoader workers started
+    by it inherit the filter); the filters are restored afterwards, so the next multirun job decides again.
+    """
 
     @functools.wraps(fn)
     def wrapped(cfg: DictConfig) -> Any:
         start = time.time()
         try:
-            return fn(cfg)
+            with warnings.catch_warnings():
+                if (cfg.get("extras") or {}).get("ignore_warnings"):
+                    log.info("extras.ignore_warnings=true: Python warnings are not shown")
+                    warnings.simplefilter("ignore")
+                return fn(cfg)
         except Exception:
             log.exception("run failed; output dir: %s", cfg.paths.get("output_dir"))
             raise
