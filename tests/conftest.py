@@ -90,6 +90,36 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+# the tiny training run shared by the inference tests (predict, api, video, export, notebook, run dir)
+TINY_RUN_OVERRIDES = [
+    "experiment=supervised_toy",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, data_dir) -> Path:
+    """A run dir of clamp_tiny trained on the toy set for a few batches, once per session, as the CLI leaves
+    it (``.hydra/config.yaml`` included)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    from clamp_pl.train import train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = compose_cfg("train", [*FAST_OVERRIDES, *TINY_RUN_OVERRIDES], run_dir, data_dir)
+    train(cfg)
+    saved = cfg.copy()
+    with open_dict(saved):
+        del saved["hydra"]
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")
+    GlobalHydra.instance().clear()
+    return run_dir
+
+
 @pytest.fixture
 def make_cfg(tmp_path, data_dir):
     """``make_cfg(*overrides, config_name="train", fast=True)`` -> a composed config running in tmp_path."""

@@ -9,18 +9,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_predict import tiny_run  # noqa: F401  (session fixture: the tiny training run)
 
 from clamp_pl.api import ImageReadError, PoseEstimator, load_model, nearest_context_tokens, read_image
 
 
 @pytest.fixture(scope="module")
-def est(tiny_run) -> PoseEstimator:  # noqa: F811
+def est(tiny_run) -> PoseEstimator:
     return load_model(tiny_run, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def sample(tiny_run, data_dir) -> tuple[np.ndarray, dict]:  # noqa: F811
+def sample(tiny_run, data_dir) -> tuple[np.ndarray, dict]:
     ann_file = next((data_dir / "toy_ap10k").rglob("*test*.json"))
     gt = json.loads(ann_file.read_text())
     ann = gt["annotations"][0]
@@ -28,7 +27,7 @@ def sample(tiny_run, data_dir) -> tuple[np.ndarray, dict]:  # noqa: F811
     return read_image(next((data_dir / "toy_ap10k").rglob(Path(im["file_name"]).name))), ann
 
 
-def test_load_model(est, tiny_run):  # noqa: F811
+def test_load_model(est, tiny_run):
     assert not est.net.training and est.spec.num_keypoints == 17
     assert Path(est.meta["checkpoint"]).parent == tiny_run / "checkpoints"
     assert est.meta["checkpoint"].endswith(".ckpt") and "epoch_" in est.meta["checkpoint"]  # best, not last

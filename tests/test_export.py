@@ -10,14 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_predict import tiny_run  # noqa: F401  (session fixture: the tiny training run)
 
 from clamp_pl.api import load_model
 from clamp_pl.export import export, export_onnx
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_run, tmp_path_factory):  # noqa: F811
+def exported(tiny_run, tmp_path_factory):
     from conftest import compose_cfg
 
     out = tmp_path_factory.mktemp("export") / "tiny.onnx"
@@ -26,7 +25,7 @@ def exported(tiny_run, tmp_path_factory):  # noqa: F811
     return export(cfg)
 
 
-def test_onnx_parity(exported, tiny_run, tmp_path):  # noqa: F811
+def test_onnx_parity(exported, tiny_run, tmp_path):
     assert exported["max_abs_diff"] is not None and exported["max_abs_diff"] <= 1e-4
     # Two training steps leave heatmaps ~1e-4 (BatchNorm running stats still near their init, the last layer
     # at std 1e-3): recalibrate BatchNorm and redraw the last layer so that the check compares outputs of
@@ -59,7 +58,7 @@ def test_onnx_parity(exported, tiny_run, tmp_path):  # noqa: F811
         assert np.abs(out - ref).max() <= 1e-4
 
 
-def test_no_text_tower_in_graph(exported, tiny_run):  # noqa: F811
+def test_no_text_tower_in_graph(exported, tiny_run):
     est = load_model(tiny_run, device="cpu")
     model = onnx.load(str(exported["output"]))
     text = est.net.prompt_learner.text_tower
@@ -72,7 +71,7 @@ def test_no_text_tower_in_graph(exported, tiny_run):  # noqa: F811
     assert not any("Gather" == n.op_type and "token" in n.name for n in model.graph.node)
 
 
-def test_sidecar_json(exported, tiny_run):  # noqa: F811
+def test_sidecar_json(exported, tiny_run):
     meta = json.loads(exported["metadata"].read_text())
     assert exported["metadata"] == exported["output"].with_suffix(".json")
     assert len(meta["keypoint_names"]) == len(meta["prompts"]) == len(meta["flip_indices"]) == 17
@@ -81,7 +80,7 @@ def test_sidecar_json(exported, tiny_run):  # noqa: F811
     assert meta["skeleton"] and meta["verified_max_abs_diff"] <= 1e-4 and meta["opset"] == 17
 
 
-def test_bad_format(tiny_run, tmp_path):  # noqa: F811
+def test_bad_format(tiny_run, tmp_path):
     from conftest import compose_cfg
 
     cfg = compose_cfg("export", [f"ckpt_path={tiny_run}", "format=tflite"], tmp_path / "run", tmp_path)

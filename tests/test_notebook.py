@@ -6,7 +6,6 @@ import time
 
 import nbformat
 from conftest import REPO
-from test_predict import tiny_run  # noqa: F401  (session fixture: the tiny training run)
 
 NOTEBOOK = REPO / "notebooks" / "01_predict_and_interpret.ipynb"
 
@@ -18,7 +17,7 @@ def test_committed_without_outputs():
             assert not cell.outputs and cell.execution_count is None, "clear the notebook's outputs"
 
 
-def test_notebook_executes(tiny_run, monkeypatch):  # noqa: F811
+def test_notebook_executes(tiny_run, monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("CLAMP_RUN_DIR", str(tiny_run))

@@ -1,7 +1,5 @@
 """``python -m clamp_pl.predict``: whole-image boxes, COCO detection files, corrupt and missing inputs, outputs.
-
-Also home of ``tiny_run``, a session-wide tiny training run (clamp_tiny, toy set, a few batches) shared with
-test_api.py, test_export.py and test_notebook.py (they import the fixture; the run is trained once)."""
+``tiny_run`` (conftest.py) is the session's tiny training run."""
 
 from __future__ import annotations
 
@@ -14,42 +12,6 @@ import numpy as np
 import pytest
 
 from clamp_pl.predict import AllImagesFailed, list_images, match_detections, predict
-
-TINY_RUN_OVERRIDES = [
-    "experiment=supervised_toy",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-]
-_CACHE: dict[str, Path] = {}
-
-
-def train_tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """Train clamp_tiny on the toy set for a few batches (once per session) and leave a CLI-like run dir,
-    ``.hydra/config.yaml`` included."""
-    if "run" not in _CACHE:
-        from conftest import FAST_OVERRIDES, compose_cfg
-        from hydra.core.global_hydra import GlobalHydra
-        from omegaconf import OmegaConf, open_dict
-
-        from clamp_pl.train import train
-
-        run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
-        cfg = compose_cfg("train", [*FAST_OVERRIDES, *TINY_RUN_OVERRIDES], run_dir, data_dir)
-        train(cfg)
-        saved = cfg.copy()
-        with open_dict(saved):
-            del saved["hydra"]
-        (run_dir / ".hydra").mkdir(exist_ok=True)
-        OmegaConf.save(saved, run_dir / ".hydra" / "config.yaml")
-        GlobalHydra.instance().clear()
-        _CACHE["run"] = run_dir
-    return _CACHE["run"]
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, data_dir) -> Path:
-    return train_tiny_run(tmp_path_factory, data_dir)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_predict import tiny_run  # noqa: F401  (session fixture: the tiny training run)
 
 from clamp_pl.api import load_model
 from clamp_pl.predict import predict
@@ -23,7 +22,7 @@ N_FRAMES = 7
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory, data_dir, tiny_run) -> Path:  # noqa: F811
+def video(tmp_path_factory, data_dir, tiny_run) -> Path:
     """An MJPG .avi (OpenCV writes it without FFmpeg) of toy test images moving 3 px per frame."""
     img_file = next(p for p in sorted((data_dir / "toy_ap10k").rglob("*.jpg")))
     img = cv2.imread(str(img_file))
@@ -45,7 +44,7 @@ def test_iter_frames_order_step_and_limit(video):
     assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
 
 
-def test_cli_video_outputs_match_the_image_api(make_cfg, tiny_run, video, tmp_path):  # noqa: F811
+def test_cli_video_outputs_match_the_image_api(make_cfg, tiny_run, video, tmp_path):
     out = tmp_path / "pred"
     cfg = make_cfg(f"ckpt_path={tiny_run}", f"input={video}", f"output_dir={out}", "frame_step=2",
                    "batch_size=3", "device=cpu", config_name="predict", fast=False)
@@ -76,7 +75,7 @@ def test_cli_video_outputs_match_the_image_api(make_cfg, tiny_run, video, tmp_pa
     drawn.release()
 
 
-def test_video_with_per_frame_boxes(tiny_run, video, tmp_path):  # noqa: F811
+def test_video_with_per_frame_boxes(tiny_run, video, tmp_path):
     est = load_model(tiny_run, device="cpu")
     dets = [{"image_id": 1, "bbox": [10, 10, 80, 60], "score": 0.9},
             {"image_id": 1, "bbox": [40, 30, 60, 60], "score": 0.8},
@@ -106,7 +105,7 @@ def test_iter_batches():
     assert [[i for i, _ in b] for b in iter_batches(((i, None) for i in range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-def test_follow_through_the_cli(make_cfg, tiny_run, video, tmp_path):  # noqa: F811
+def test_follow_through_the_cli(make_cfg, tiny_run, video, tmp_path):
     out = tmp_path / "follow"
     cfg = make_cfg(f"ckpt_path={tiny_run}", f"input={video}", f"output_dir={out}", "track=follow",
                    "follow.search_scales=[0.5]", "smoothing.method=median", "smoothing.window=3", "device=cpu",
@@ -140,7 +139,7 @@ class _StubDetector:
         return [[{"bbox": [20.0, 10.0, 60.0, 50.0], "score": 0.8, "label": "dog"}] for _ in images]
 
 
-def test_detector_boxes_every_frame(tiny_run, video, tmp_path):  # noqa: F811
+def test_detector_boxes_every_frame(tiny_run, video, tmp_path):
     est = load_model(tiny_run, device="cpu")
     det = _StubDetector()
     summary = run_video_prediction(est, video, tmp_path, detector=det, batch_size=4, visualize=False)
@@ -150,7 +149,7 @@ def test_detector_boxes_every_frame(tiny_run, video, tmp_path):  # noqa: F811
     assert pd.read_csv(summary["csv"], header=[0, 1, 2, 3], index_col=0).shape == (N_FRAMES, 51)
 
 
-def test_follow_rejects_a_boxes_file_and_unknown_modes(tiny_run, video, tmp_path):  # noqa: F811
+def test_follow_rejects_a_boxes_file_and_unknown_modes(tiny_run, video, tmp_path):
     est = load_model(tiny_run, device="cpu")
     with pytest.raises(ValueError, match="track=follow makes its own boxes"):
         run_video_prediction(est, video, tmp_path, track="follow", detections=[])
