@@ -312,12 +312,6 @@ class ModelSpec:
         """The name of the datamodule the model was trained on (``""`` when unknown)."""
         return str(self.data.get("name", ""))
 
-    def with_flip_test(self, flip_test: bool) -> ModelSpec:
-        """A copy with another test-time flip default."""
-        d = self.to_dict()
-        d["test"]["flip_test"] = bool(flip_test)
-        return ModelSpec.from_dict(d)
-
 
 def make_spec(
     net: Mapping[str, Any],

@@ -1,0 +1,208 @@
+"""The run directory is the model: checkpoints written before the spec existed still load, model files work
+wherever checkpoints do, a truncated ``last.ckpt`` does not stop a resume, inference imports neither Lightning
+nor Hydra nor OmegaConf, and (slow) a run at a non-default input size is evaluated, predicted and exported from its
+run dir alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clamp_pl import checkpoint
+from clamp_pl.api import coco_result, load_model
+from clamp_pl.checkpoint import SPEC_KEY, atomic_torch_save, load_checkpoint, save_model_file
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_QUIET = ["extras.print_config=false", "trainer.enable_progress_bar=false"]
+
+
+def _best(run: Path) -> Path:
+    return checkpoint.resolve_checkpoint(run, prefer="best")
+
+
+def _legacy_copy(run: Path, dest: Path) -> Path:
+    """``dest``: a copy of the run whose best checkpoint is in the format written before checkpoints carried a
+    spec (the network, meta and test settings as PoseLitModule's hyper-parameters; no ``clamp_spec``)."""
+    shutil.copytree(run / ".hydra", dest / ".hydra")
+    ckpt = torch.load(_best(run), map_location="cpu", weights_only=True)
+    spec = ckpt.pop(SPEC_KEY)
+    meta = spec["meta"]
+    ckpt["hyper_parameters"] = {
+        "net": {**spec["net"], "heatmap_size": spec["heatmap_size"]},
+        "prompts": meta["prompts"], "flip_indices": meta["flip_indices"], "sigmas": meta["sigmas"],
+        "heatmap_size": spec["heatmap_size"], "feature_stride": 32, "keypoint_names": meta["keypoint_names"],
+        "skeleton": meta["skeleton"], "species": meta["species"],
+        "families": {f: [c for c, g in meta["species_to_family"].items() if g == f]
+                     for f in set(meta["species_to_family"].values())},
+        "dataset_name": spec["data"]["name"], "loss": None, "optimizer": None, "scheduler": None,
+        "test_cfg": {"flip_test": True, "shift_heatmap": True, "decode": "default"},
+        "compile": False, "channels_last": False, "nonfinite": "skip",
+    }
+    out = dest / "checkpoints" / "epoch_000.ckpt"
+    atomic_torch_save(ckpt, out)
+    # the run's own config as Hydra wrote it then: the data node still had the model-side keys
+    cfg_file = dest / ".hydra" / "config.yaml"
+    text = cfg_file.read_text().replace("data:\n", "data:\n  input_size:\n  - ${model.net.image_size}\n"
+                                        "  - ${model.net.image_size}\n  feature_stride: 32\n", 1)
+    cfg_file.write_text(text)
+    return out
+
+
+def test_legacy_checkpoint_loads_and_predicts_the_same(tiny_run, tmp_path, caplog):
+    legacy = _legacy_copy(tiny_run, tmp_path / "legacy")
+    checkpoint._warned_legacy.clear()
+    with caplog.at_level(logging.WARNING, logger="clamp_pl.checkpoint"):
+        spec_old, state_old = load_checkpoint(legacy)
+        load_checkpoint(legacy)
+    assert caplog.text.count("written before checkpoints carried a model spec") == 1  # warned once
+    spec_new, state_new = load_checkpoint(_best(tiny_run))
+    for field in ("net", "input_size", "feature_grid", "heatmap_size", "normalization", "mean", "std", "padding",
+                  "sigma", "decode", "shift_heatmap", "flip_test"):
+        assert getattr(spec_old, field) == getattr(spec_new, field), field
+    for key in ("keypoint_names", "prompts", "flip_indices", "sigmas", "skeleton", "species", "species_to_family"):
+        assert spec_old.meta[key] == spec_new.meta[key], key
+    assert state_old.keys() == state_new.keys()
+    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    a = load_model(legacy, device="cpu").predict(image)[0][0]
+    b = load_model(tiny_run, device="cpu").predict(image)[0][0]
+    np.testing.assert_array_equal(a["keypoints"], b["keypoints"])
+
+
+def test_legacy_run_dir_evaluates_on_its_own_data(tiny_run, tmp_path, make_cfg):
+    from clamp_pl.eval import evaluate
+
+    _legacy_copy(tiny_run, tmp_path / "legacy")
+    results = json.loads((tiny_run / "results.json").read_text())
+    cfg = make_cfg(f"ckpt_path={tmp_path / 'legacy'}", "+trainer.limit_test_batches=1", *EVAL_QUIET,
+                   config_name="eval", fast=False)
+    metrics, objs = evaluate(cfg)
+    assert objs["datamodule"].name == "toy_ap10k" and metrics["test/AP"] == results["test/AP"]
+
+
+def test_model_file_works_wherever_a_checkpoint_does(tiny_run, tmp_path, make_cfg):
+    from clamp_pl.build import build_training
+    from clamp_pl.eval import evaluate
+
+    spec, state = load_checkpoint(tiny_run)
+    save_model_file(tmp_path / "shared" / "model.pt", spec, state)
+    image = np.random.default_rng(1).integers(0, 255, (100, 90, 3), dtype=np.uint8)
+    a = load_model(tmp_path / "shared", device="cpu").predict(image)[0][0]
+    b = load_model(tiny_run, device="cpu").predict(image)[0][0]
+    np.testing.assert_array_equal(a["keypoints"], b["keypoints"])
+    results = json.loads((tiny_run / "results.json").read_text())
+    cfg = make_cfg(f"ckpt_path={tmp_path / 'shared' / 'model.pt'}", "+trainer.limit_test_batches=1", *EVAL_QUIET,
+                   config_name="eval", fast=False)
+    assert evaluate(cfg)[0]["test/AP"] == results["test/AP"]
+    _, _, model = build_training(make_cfg("experiment=supervised_toy"), None)
+    assert model.load_weights_from(tmp_path / "shared").name == "model.pt"
+    assert all(torch.equal(model.net.state_dict()[k], v) for k, v in state.items())
+
+
+def test_resume_from_a_run_dir_whose_last_checkpoint_is_truncated(tiny_run, tmp_path, make_cfg, caplog):
+    from clamp_pl.callbacks.checkpoint_io import AtomicCheckpointIO
+    from clamp_pl.train import train
+
+    run = tmp_path / "crashed"
+    shutil.copytree(tiny_run / "checkpoints", run / "checkpoints")
+    last = run / "checkpoints" / "last.ckpt"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 3])  # what a kill -9 during a plain torch.save leaves
+    last.touch()  # the newest file
+    epoch = torch.load(_best(tiny_run), weights_only=True)["epoch"]
+    cfg = make_cfg("experiment=supervised_toy", f"ckpt_path={run}", f"trainer.max_epochs={epoch + 2}",
+                   "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false")
+    with caplog.at_level(logging.WARNING, logger="clamp_pl.checkpoint"):
+        _, objs = train(cfg)
+    assert "last.ckpt: not a readable checkpoint" in caplog.text and "using" in caplog.text
+    trainer = objs["trainer"]
+    assert trainer.current_epoch == epoch + 2 and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    new_last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(new_last, weights_only=True)[SPEC_KEY] == load_checkpoint(tiny_run)[0].to_dict()
+    assert not [p for p in new_last.parent.iterdir() if p.suffix == ".tmp"]
+
+
+def test_inference_imports_neither_lightning_nor_hydra(tiny_run, tmp_path):
+    """In a fresh interpreter: import the inference modules, load a run, predict and export; no Lightning, Hydra
+    or OmegaConf module may be loaded."""
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        import clamp_pl.api, clamp_pl.video, clamp_pl.export
+        est = clamp_pl.api.load_model({str(tiny_run)!r}, device="cpu")
+        est.predict(np.zeros((64, 80, 3), np.uint8), flip_test=True)
+        clamp_pl.export.export_onnx(est, {str(tmp_path / "m.onnx")!r})
+        bad = sorted(m for m in sys.modules
+                     if m.split(".")[0] in ("pytorch_lightning", "lightning", "lightning_fabric", "hydra", "omegaconf"))
+        print("LOADED", bad)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "LOADED []" in out.stdout, out.stdout
+
+
+# ---------------------------------------------------------------- a new user's session, end to end
+@pytest.mark.slow
+def test_non_default_input_size_run_dir_is_the_model(tmp_path, data_dir):
+    """Train clamp_tiny at 96 px (default 128), then from the run dir alone: ``python -m clamp_pl.eval
+    ckpt_path=<run dir>`` reproduces the run's test metrics exactly, the API and ``python -m clamp_pl.predict``
+    predict identically, and ``python -m clamp_pl.export`` writes a verified ONNX model."""
+    from conftest import FAST_OVERRIDES, compose_cfg
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf, open_dict
+
+    from clamp_pl.train import train
+
+    run = tmp_path / "run"
+    cfg = compose_cfg("train", [*FAST_OVERRIDES, "experiment=supervised_toy", "model.net.image_size=96",
+                                "trainer.limit_test_batches=1.0"], run, data_dir)
+    metrics, _ = train(cfg)
+    saved = cfg.copy()
+    with open_dict(saved):
+        del saved["hydra"]
+    (run / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(saved, run / ".hydra" / "config.yaml")  # as the CLI leaves it
+    GlobalHydra.instance().clear()
+    results = json.loads((run / "results.json").read_text())
+    assert results["test/AP"] == metrics["test/AP"]
+    assert results["test/PCK@0.2"] > 0  # a comparison of numbers that depend on the weights, not of zeros
+
+    def cli(module: str, *args: str) -> None:
+        out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
+                             timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr[-4000:]
+
+    cli("clamp_pl.eval", f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert json.loads((tmp_path / "eval" / "results.json").read_text()) == results
+
+    est = load_model(run, device="cpu")
+    assert est.input_size == (96, 96) and est.meta["heatmap_size"] == (24, 24)
+    ann_file = next((data_dir / "toy_ap10k").rglob("*test*.json"))
+    gt = json.loads(ann_file.read_text())
+    images = {im["id"]: im for im in gt["images"][:3]}
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for im in images.values():
+        shutil.copy(next((data_dir / "toy_ap10k").rglob(Path(im["file_name"]).name)), folder)
+    cli("clamp_pl.predict", f"ckpt_path={run}", f"input={folder}", f"output_dir={tmp_path / 'pred'}", "device=cpu",
+        f"hydra.run.dir={tmp_path / 'pred_run'}")
+    written = {p["file_name"]: p for p in json.loads((tmp_path / "pred" / "predictions.json").read_text())}
+    assert len(written) == len(images)
+    for im in images.values():
+        name = Path(im["file_name"]).name
+        ours = coco_result(est.predict([folder / name])[0][0], image_id=written[name]["image_id"])
+        assert ours["keypoints"] == written[name]["keypoints"] and ours["score"] == written[name]["score"]
+
+    cli("clamp_pl.export", f"ckpt_path={run}", f"output={tmp_path / 'model.onnx'}",
+        f"hydra.run.dir={tmp_path / 'export_run'}")
+    side = json.loads((tmp_path / "model.json").read_text())
+    assert side["input_size"] == [96, 96] and side["heatmap_size"] == [24, 24]
+    assert side["verified_max_abs_diff"] <= 1e-4
