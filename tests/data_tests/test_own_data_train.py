@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from clamp_pl.train import train
 
 # seconds-long CPU runs with the tiny model (what debug=tiny does for the toy set)
@@ -102,3 +104,16 @@ def test_own_data_configs_compose():
     for data in ("coco", "dlc", "sleap", "lightning_pose"):
         cfg = compose_config("inspect_data", [f"data={data}"], Path("/tmp/unused"))
         assert cfg.data._target_.startswith("clamp_pl.data.datamodule.")
+
+
+def test_train_sleap(tmp_path):
+    pytest.importorskip("sleap_io")
+    from helpers.projects import make_slp_project
+
+    slp = make_slp_project(tmp_path / "lab", {"arenaA": 6, "arenaB": 6})
+    cfg = _compose(["data=sleap", f"data.project={slp}", "data.val_fraction=0.2", "data.test_fraction=0.2"],
+                   tmp_path)
+    metrics, objs = train(cfg)
+    table = _check_run(metrics, objs, tmp_path / "run", 4)
+    assert table["provenance"]["flip_pairs"] == "declared by the file (category 'symmetries')"
+    assert objs["datamodule"].root == tmp_path / "data" / "sleap" / "lab-project"
