@@ -122,3 +122,14 @@ def test_cli_takes_the_checkpoint_as_a_positional_path(official_pth, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "model.pt").is_file() and (out / "import.json").is_file()
     assert "python -m clamp_pl.eval ckpt_path=" in done.stdout + done.stderr
+
+
+def test_imported_run_dir_exports_to_onnx(imported, tmp_path):
+    from conftest import compose_cfg
+
+    from clamp_pl.export import export
+
+    out = tmp_path / "official.onnx"
+    result = export(compose_cfg("export", [f"ckpt_path={imported}", f"output={out}", "opset=17"], tmp_path / "run",
+                                tmp_path))
+    assert out.is_file() and result["max_abs_diff"] is not None and result["max_abs_diff"] <= 1e-4
