@@ -385,7 +385,10 @@ def _infer_flip_indices(names: Sequence[str]) -> tuple[int, ...]:
 def _is_lower(tokens: list[str]) -> bool:
     if "front" in tokens or "fore" in tokens:
         return False
-    return bool(_LOWER_WORDS & set(tokens))
+    # "back" names the hind limb when it qualifies a part ("back paw", L_B_Paw) but the dorsal side when it
+    # ends the name (Animal Kingdom's Torso_Mid_Back, Mouth_Back_Left -> "left mouth back")
+    words = set(tokens[:-1]) | ({tokens[-1]} - {"back"}) if tokens else set()
+    return bool(_LOWER_WORDS & words)
 
 
 def _load_json(coco: dict | str | Path) -> dict[str, Any]:

@@ -179,3 +179,11 @@ def test_table_lists_every_keypoint(wild):
     text = format_meta_table(meta)
     assert "fly: 32 keypoints, 14 flip pairs" in text and "skeleton: 0-based" in text
     assert "| 6 | forelegR1 | right fore leg 1 | forelegL1 | upper | 0.072 |" in text
+
+
+@pytest.mark.parametrize(("name", "lower"), [("ak", set(range(14, 23))), ("macaque", set(range(11, 17)))])
+def test_half_body_groups_match_mmpose_types(wild, name, lower):
+    """mmpose's ``type='lower'`` keypoints; Animal Kingdom's trailing "Back" is the dorsal side, not a hind limb."""
+    meta = meta_from_coco(wild / f"{name}.json")
+    assert set(meta.lower_body_ids) == lower
+    assert set(meta.upper_body_ids) == set(range(meta.num_keypoints)) - lower
