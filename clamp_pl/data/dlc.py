@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -59,6 +60,8 @@ __all__ = [
     "video_of",
     "write_coco_splits",
 ]
+
+log = logging.getLogger(__name__)
 
 RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "dlc_openfield"
 #: Default split of the embedded openfield frames: half-open frame-index blocks.
@@ -117,6 +120,9 @@ def read_dlc_labels(csv_path: str | Path) -> DLCLabels:
     bodyparts = list(dict.fromkeys(c[1] for c in columns if c[0] in individuals))
     if not individuals or not bodyparts:
         raise _fail(path, "no body parts found")
+    unique = sorted({c[1] for c in columns if c[0] not in individuals})
+    if unique:
+        log.warning("%s: maDLC's unique body parts %s belong to no animal and are not converted", path, unique)
     frames: list[str] = []
     coords = np.full((len(rows) - n_header, len(individuals), len(bodyparts), 2), np.nan)
     ind_idx = {n: i for i, n in enumerate(individuals)}

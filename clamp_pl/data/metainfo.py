@@ -528,6 +528,10 @@ def _check_categories(cats: list[Any], source: str) -> tuple[str, ...]:
             raise ValueError(f"{source}: category {c.get('id') if isinstance(c, dict) else c!r} has no "
                              "'keypoints' list (not a keypoint category)")
         kps = tuple(str(n).strip() for n in kps)
+        if len(set(kps)) != len(kps):
+            dup = sorted({n for n in kps if kps.count(n) > 1})
+            raise ValueError(f"{source}: category {c.get('id')} ({c.get('name')!r}) names keypoints {dup} more than "
+                             "once; keypoint names must be unique (prompts, flip pairs and checkpoints use them)")
         if first is None:
             first = (c, kps)
         elif kps != first[1]:

@@ -206,12 +206,13 @@ def test_two_video_project_is_split_per_video(tmp_path):
     assert {f.split("/")[0] for f in held["test"]}.isdisjoint({f.split("/")[0] for f in held["train"]})
 
 
-def test_multi_animal_project_one_instance_per_individual(tmp_path):
+def test_multi_animal_project_one_instance_per_individual(tmp_path, caplog):
     truth = make_dlc_project(tmp_path / "ma", {"cage1": 6}, individuals=["mouse1", "mouse2"],
                              single_bodyparts=["led"])
     paths = dlc_to_coco(tmp_path / "ma", tmp_path / "out", val_fraction=0.2, test_fraction=0.2)
     coco = json.loads(paths["train"].read_text())
     assert coco["categories"][0]["keypoints"] == FIXTURE_BODYPARTS  # maDLC's unique "led" is not an animal's part
+    assert any("['led'] belong to no animal" in r.getMessage() for r in caplog.records)
     per_image = {}
     for a in coco["annotations"]:
         per_image.setdefault(a["image_id"], []).append(a)

@@ -187,3 +187,10 @@ def test_half_body_groups_match_mmpose_types(wild, name, lower):
     meta = meta_from_coco(wild / f"{name}.json")
     assert set(meta.lower_body_ids) == lower
     assert set(meta.upper_body_ids) == set(range(meta.num_keypoints)) - lower
+
+
+def test_duplicate_keypoint_names_are_refused(wild):
+    data = json.loads((wild / "zebra.json").read_text())
+    data["categories"][0]["keypoints"][1] = " snout"
+    with pytest.raises(ValueError, match=r"category 1 \('zebra'\) names keypoints \['snout'\] more than once"):
+        meta_from_coco(data)
