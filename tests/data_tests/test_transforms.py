@@ -505,3 +505,25 @@ def test_shift_mode_dataset_is_the_same_in_every_worker_and_epoch(ap10k_instance
                 np.testing.assert_allclose(center, expected[ann_id], atol=1e-3)
                 seen += 1
         assert seen == len(insts)
+
+
+def test_the_data_config_reaches_the_transforms(make_cfg):
+    """data.augment and data.reduced_decode, composed by Hydra, are what the datamodule's transforms use."""
+    from clamp_pl.build import build_datamodule, build_spec
+
+    cfg = make_cfg("data.augment.shift_mode=dataset", "data.augment.shift_factor=0.2",
+                   "data.augment.half_body_center=mean", "data.reduced_decode=true", "seed=5")
+    dm = build_datamodule(cfg)
+    dm.use_spec(build_spec(cfg, dm.ensure_meta(), dm.name))
+    dm.setup("fit")
+    augment = dm.datasets["train"].transform.augment
+    expected = {**augment_config(), "shift_mode": "dataset", "shift_factor": 0.2, "half_body_center": "mean"}
+    assert {k: getattr(augment, k) for k in expected} == expected and augment.seed == 5
+    assert dm.datasets["val"].transform.augment is None and dm.datasets["test"].transform.augment is None
+    assert all(dm.datasets[s].transform.reduced_decode for s in ("train", "val", "test"))
+    cfg = make_cfg()
+    dm = build_datamodule(cfg)
+    dm.use_spec(build_spec(cfg, dm.ensure_meta(), dm.name))
+    dm.setup("fit")
+    assert not any(dm.datasets[s].transform.reduced_decode for s in ("train", "val", "test"))  # off by default
+    assert dm.datasets["train"].transform.augment.shift_mode == "sample"
