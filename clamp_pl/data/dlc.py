@@ -19,7 +19,9 @@ labelled keypoints plus a margin (``margin`` x the larger side of their extent o
 ``min_margin`` px) clipped to the image. Frames of one video are nearly identical neighbours, so the split is
 made per video (:func:`split_frames`): by default a CONTIGUOUS val and test block at the end of every video
 (sorted by path), or whole held-out videos (``split="videos"``); never random frames, which would leak
-near-duplicates into training. ``split.json`` next to the annotations records the blocks and the counts.
+near-duplicates into training (DeepLabCut's own ``create_training_dataset`` draws frames at random from all
+videos; its test error then measures frames next to training ones). ``split.json`` next to the annotations
+records the blocks and the counts.
 
 Prompts for the body-part names come from :func:`clamp_pl.data.metainfo.name_to_prompt`
 (``leftear`` -> "left ear", ``tailbase`` -> "tail base").
@@ -223,7 +225,8 @@ def split_frames(
       (``round(n * test_fraction)`` frames, at least one when the fraction is > 0) and the block just before it
       to val, so every video is seen in training and tested on the part of it training never saw. Videos with
       fewer than three frames stay in train.
-    * ``mode="videos"``: whole videos are held out, as DeepLabCut's out-of-video evaluations do:
+    * ``mode="videos"``: whole videos are held out, as out-of-video evaluations do (Horse-10 holds out
+      whole horses):
       ``round(V * test_fraction)`` (at least one) test videos and as many val videos by ``val_fraction``,
       chosen by ``numpy.random.RandomState(seed)`` from the videos sorted by name; needs three videos or more.
 
