@@ -172,7 +172,6 @@ def legacy_spec(hp: Mapping[str, Any], path: Path) -> ModelSpec:
     sigma = data.get("sigma", 2.0)
     sigma = float(sigma) if isinstance(sigma, (int, float)) else 2.0
     geometry = network_geometry(net["clip_model"], int(net["image_size"]), int(net.get("num_deconv", 2)))
-    k = len(hp["prompts"])
     species = {int(c): str(n) for c, n in dict(hp.get("species") or {}).items()}
     families = dict(hp.get("families") or {})
     data_cfg = {key: v for key, v in data.items() if key not in ("sigma", "normalization", "padding",
@@ -190,20 +189,7 @@ def legacy_spec(hp: Mapping[str, Any], path: Path) -> ModelSpec:
         decode=str(test["decode"]),
         shift_heatmap=bool(test["shift_heatmap"]),
         flip_test=bool(test["flip_test"]),
-        meta={
-            "name": str(hp.get("dataset_name") or ""),
-            "keypoint_names": list(hp.get("keypoint_names") or hp["prompts"]),
-            "prompts": list(hp["prompts"]),
-            "flip_indices": [int(i) for i in hp["flip_indices"]],
-            "sigmas": [float(s) for s in hp["sigmas"]],
-            "skeleton": [[int(a), int(b)] for a, b in (hp.get("skeleton") or [])],
-            # not kept by the old hyper-parameters: half-body augmentation only, which no loaded model runs
-            "upper_body_ids": [],
-            "lower_body_ids": [],
-            "joint_weights": [1.0] * k,
-            "species": species,
-            "species_to_family": {int(c): str(fam) for fam, ids in families.items() for c in ids if int(c) in species},
-        },
+        meta=_legacy_meta(hp, families, species),
         data={"name": str(hp.get("dataset_name") or ""), "config": data_cfg} if data_cfg else
              {"name": str(hp.get("dataset_name") or "")},
     )
@@ -213,6 +199,33 @@ def legacy_spec(hp: Mapping[str, Any], path: Path) -> ModelSpec:
                     "(normalisation %s, padding 1.25). Re-save it with clamp_pl.checkpoint.save_model_file to "
                     "silence this.", path, " and .hydra/config.yaml" if cfg else "", norm)
     return spec
+
+
+def _legacy_meta(hp: Mapping[str, Any], families: Mapping[str, Any], species: dict[int, str]) -> dict[str, Any]:
+    """The keypoint meta of an old checkpoint: a built-in table when the prompts are one's (it also knows the
+    half-body groups and joint weights), else what the hyper-parameters kept."""
+    from clamp_pl.data.metainfo import get_meta
+    from clamp_pl.spec import meta_to_dict
+
+    for name in ("ap10k", "animalpose"):
+        table = get_meta(name)
+        if list(table.prompts) == list(hp["prompts"]) and list(table.flip_indices) == list(hp["flip_indices"]):
+            return meta_to_dict(table)
+    k = len(hp["prompts"])
+    return {
+        "name": str(hp.get("dataset_name") or ""),
+        "keypoint_names": list(hp.get("keypoint_names") or hp["prompts"]),
+        "prompts": list(hp["prompts"]),
+        "flip_indices": [int(i) for i in hp["flip_indices"]],
+        "sigmas": [float(s) for s in hp["sigmas"]],
+        "skeleton": [[int(a), int(b)] for a, b in (hp.get("skeleton") or [])],
+        # not kept by the old hyper-parameters: half-body augmentation only, which no loaded model runs
+        "upper_body_ids": [],
+        "lower_body_ids": [],
+        "joint_weights": [1.0] * k,
+        "species": species,
+        "species_to_family": {int(c): str(fam) for fam, ids in families.items() for c in ids if int(c) in species},
+    }
 
 
 # ------------------------------------------------------------------------------------------ run directories

@@ -21,6 +21,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -38,13 +39,26 @@ log = logging.getLogger("clamp_pl")
 _LEGACY_DATA_KEYS = ("input_size", "heatmap_size", "feature_stride")
 
 
+def _command_line_keys() -> set[str]:
+    """The keys set on the command line (``a.b=...``, ``+a.b=...``), from Hydra's record of the overrides."""
+    try:
+        overrides = HydraConfig.get().overrides.task
+    except ValueError:  # no Hydra run (a config composed by hand)
+        return set()
+    return {str(o).split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
 def _check_data_override(spec: ModelSpec, data: Mapping[str, Any]) -> None:
-    """A ``data=`` override must preprocess as the model was trained: same normalisation and box padding."""
-    for key, ours in (("normalization", spec.normalization), ("padding", spec.padding)):
+    """A ``data=`` override is evaluated with the model's preprocessing. Setting one of its values on the command
+    line to something else is an error naming both; the data config's own defaults are simply not used."""
+    ours = {"normalization": spec.normalization, "padding": spec.padding, "input_size": list(spec.input_size),
+            "heatmap_size": list(spec.heatmap_size)}
+    given = _command_line_keys()
+    for key, value in ours.items():
         theirs = data.get(key)
-        if theirs is not None and theirs != ours:
-            raise ValueError(f"data.{key}={theirs!r} but the model was trained with {key} {ours!r}: evaluation "
-                             f"uses the model's preprocessing (drop the data.{key} override)")
+        if theirs is not None and theirs != value and (f"data.{key}" in given or key in _LEGACY_DATA_KEYS):
+            raise ValueError(f"data.{key}={theirs!r} but the model's {key} is {value!r} (its model spec): "
+                             f"evaluation preprocesses as the model was trained; drop data.{key}")
 
 
 def _run_data_config(spec: ModelSpec, ckpt: Path) -> dict[str, Any]:
@@ -75,6 +89,7 @@ def build_eval_datamodule(cfg: DictConfig, spec: ModelSpec, ckpt: Path, run_dir:
                 cfg.protocol = {"name": "supervised"}
         data = OmegaConf.to_container(cfg.data, resolve=True)
         _check_data_override(spec, data)  # type: ignore[arg-type]
+        data = {k: v for k, v in data.items() if k not in _LEGACY_DATA_KEYS}  # type: ignore[union-attr]
     else:
         data = _run_data_config(spec, ckpt)
         if cfg.get("protocol") is not None:

@@ -100,8 +100,15 @@ def test_eval_reproduces_test_metrics(short_run, make_cfg):
     results = json.loads((short_run / "results.json").read_text())
     cfg = make_cfg(f"ckpt_path={short_run}", "+trainer.limit_test_batches=2", "extras.print_config=false",
                    "trainer.enable_progress_bar=false", config_name="eval", fast=False)
-    metrics, _ = evaluate(cfg)
-    assert metrics == {k: v for k, v in results.items()}
+    metrics, objs = evaluate(cfg)
+    assert metrics == results
+    assert objs["datamodule"].name == "toy_ap10k" and objs["datamodule"].input_size == (128, 128)
+    # the same data named explicitly (data=...) gives the same numbers
+    cfg = make_cfg(f"ckpt_path={short_run}", "data=toy_ap10k", "data.n_train=96", "data.n_val=24", "data.n_test=24",
+                   "data.batch_size=8", "data.num_workers=0", "data.persistent_workers=false",
+                   "+trainer.limit_test_batches=2", *["extras.print_config=false", "trainer.enable_progress_bar=false"],
+                   config_name="eval", fast=False)
+    assert evaluate(cfg)[0] == results
 
 
 def test_eval_refuses_a_model_override_and_other_keypoints(short_run, make_cfg, tmp_path):
@@ -114,8 +121,11 @@ def test_eval_refuses_a_model_override_and_other_keypoints(short_run, make_cfg, 
         evaluate(cfg)
     cfg = make_cfg(f"ckpt_path={short_run}", "data=toy_ap10k", "data.normalization=clip",
                    "extras.print_config=false", config_name="eval", fast=False)
-    with pytest.raises(ValueError, match="data.normalization='clip' but the model was trained with "
-                                         "normalization 'imagenet'"):
+    with pytest.raises(ValueError, match="data.normalization='clip' but the model's normalization is 'imagenet'"):
+        evaluate(cfg)
+    cfg = make_cfg(f"ckpt_path={short_run}", "data=toy_ap10k", "+data.input_size=[96,96]",
+                   "extras.print_config=false", config_name="eval", fast=False)
+    with pytest.raises(ValueError, match=r"data.input_size=\[96, 96\] but the model's input_size is \[128, 128\]"):
         evaluate(cfg)
 
 
