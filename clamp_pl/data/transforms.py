@@ -3,13 +3,14 @@
 Conventions: points are (x, y) image pixels with pixel centres at integer coordinates; ``center`` (2,) and
 ``scale`` (2,) = (w, h) describe the crop box in image PIXELS (mmpose 1.x, not /200); ``input_size`` = (W, H).
 
-Training (:class:`TopDownAugment`, the order of CLAMP's mmpose 0.x pipeline): box -> centre/scale with the aspect
-ratio fixed to W/H and 1.25 padding; centre shift (p 0.3; ``shift_mode``: drawn per sample, mmpose 1.x, or once per
-instance for the whole run, mmpose 0.x as CLAMP); horizontal flip (p 0.5, left/right keypoints swapped); half-body
-(p 0.3 when more than 8 keypoints are labelled: the box of the upper or lower body, x1.5); scale
-x clip(N(1, 0.5^2), 0.5, 1.5); rotation clip(N(0, 40^2), -80, 80) degrees with p 0.6. All of it becomes ONE affine
-matrix and ONE bilinear ``cv2.warpAffine`` per sample. Optional photometric augmentation (albumentations,
-pixel-level transforms only) runs on the warped crop. Validation/test: centre/scale + warp only.
+Training (:class:`TopDownAugment`, CLAMP's mmpose 0.x order): box -> centre/scale with the aspect ratio fixed to
+W/H and 1.25 padding; horizontal flip (p 0.5, left/right keypoints swapped); half-body (p 0.3 when more than 8
+keypoints are labelled: the box of the upper or lower body, x1.5); scale x clip(N(1, 0.5^2), 0.5, 1.5); rotation
+clip(N(0, 40^2), -80, 80) degrees with p 0.6. The centre shift (p 0.3) is either drawn for every sample after the
+half-body step (``shift_mode="sample"``, mmpose 1.x) or once per instance for the whole run before the flip
+(``shift_mode="dataset"``, mmpose 0.x, what CLAMP ran). All of it becomes ONE affine matrix and ONE bilinear
+``cv2.warpAffine`` per sample. Optional photometric augmentation (albumentations, pixel-level transforms only) runs
+on the warped crop. Validation/test: centre/scale + warp only.
 
 Speed (``reduced_decode``, off by default): a JPEG whose crop is shrunk by >= 2x (4x) is decoded at half (quarter)
 resolution by libjpeg (``cv2.IMREAD_REDUCED_COLOR_2/4``), which is several times faster and also anti-aliases the
