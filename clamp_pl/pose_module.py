@@ -38,8 +38,9 @@ class PoseLitModule(pl.LightningModule):
     Args:
         spec: the model spec (or its ``to_dict()``): network arguments, codec, preprocessing, keypoint meta.
         loss: ``CLAMPLoss`` weights. optimizer: lr, weight_decay, backbone_lr_mult, fused ("auto" | true |
-            false; auto: PyTorch's fused AdamW kernel whenever the parameters allow it).
-        scheduler: warmup_iters, warmup_ratio, milestones (epochs), gamma.
+            false; auto: PyTorch's fused AdamW kernel whenever the parameters allow it), optional no_decay_keys.
+        scheduler: warmup_iters, warmup_ratio, milestones (epochs), gamma. ``optimizer`` and ``scheduler`` are
+            only needed to train (``configure_optimizers``); their values live in ``conf/model``.
         nonfinite: what to do with a non-finite loss or gradient: "skip" the optimiser step (counted; no host
             sync with a fused optimiser), "stop" (skip it, then the RunSafetyCallback saves a checkpoint and stops
             with a message) or "off" (no check).
@@ -272,15 +273,14 @@ class PoseLitModule(pl.LightningModule):
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        opt_cfg = {"lr": 5e-4, "weight_decay": 1e-4, "backbone_lr_mult": 0.1, **(self.hparams.optimizer or {})}
+        opt_cfg = self._training_arg("optimizer", ("lr", "weight_decay", "backbone_lr_mult", "fused"))
         groups = param_groups(self.net, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"],
                               backbone_lr_mult=opt_cfg["backbone_lr_mult"], no_decay_keys=opt_cfg.get("no_decay_keys"))
-        fused = opt_cfg.get("fused", "auto")
+        fused = opt_cfg["fused"]
         if fused == "auto" and self._clips_under_grad_scaler():
             fused = False
         optimizer = adamw(groups, fused=fused)
-        sch = {"warmup_iters": 500, "warmup_ratio": 1e-3, "milestones": [170, 200], "gamma": 0.1,
-               **(self.hparams.scheduler or {})}
+        sch = self._training_arg("scheduler", ("warmup_iters", "warmup_ratio", "milestones", "gamma"))
         steps_per_epoch = max(1, self._steps_per_epoch())
 
         def factor(step: int) -> float:
@@ -293,6 +293,15 @@ class PoseLitModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _training_arg(self, name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+        """``optimizer`` / ``scheduler`` with every key set (their values live in ``conf/model``, not here)."""
+        value = dict(self.hparams.get(name) or {})
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise ValueError(f"model.{name} must set {list(keys)}; missing {missing} (a module built for "
+                             "evaluation has no training arguments)")
+        return value
 
     def _clips_under_grad_scaler(self) -> bool:
         """Whether this run clips gradients under a GradScaler (16-bit AMP), which rules out the fused AdamW

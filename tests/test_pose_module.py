@@ -21,7 +21,8 @@ from clamp_pl.spec import make_spec
 PROMPTS = ["left eye", "right eye", "nose", "left paw", "right paw"]
 FLIP = [1, 0, 2, 4, 3]
 HM = 32  # heatmap side for clamp-tiny-rn at 128 px (4x4 grid, 3 deconvs)
-OPT = {"lr": 1e-3, "weight_decay": 0.05, "backbone_lr_mult": 0.1}
+OPT = {"lr": 1e-3, "weight_decay": 0.05, "backbone_lr_mult": 0.1, "fused": "auto"}
+SCHED = {"warmup_iters": 500, "warmup_ratio": 1e-3, "milestones": [170, 200], "gamma": 0.1}
 NO_DECAY_LEAVES = {"ctx", "positional_embedding", "class_embedding", "gamma", "logit_scale"}
 
 
@@ -33,7 +34,7 @@ def make_module(flip_test: bool = True, **kw) -> PoseLitModule:
                upconv_num_deconv=3, upconv_channels=16)
     spec = make_spec(net, meta, normalization="imagenet", padding=1.25, sigma=2.0, decode="default",
                      shift_heatmap=True, flip_test=flip_test)
-    return PoseLitModule(spec=spec, **{"optimizer": OPT, **kw})
+    return PoseLitModule(spec=spec, **{"optimizer": OPT, "scheduler": SCHED, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +313,10 @@ def test_overfits_two_real_ap10k_images(tmp_path):
     elapsed = time.monotonic() - start
     print(f"overfit: test/AP {metrics['test/AP']:.3f} in {elapsed:.0f} s")
     assert metrics["test/AP"] >= 0.9
+
+
+def test_a_module_built_for_evaluation_cannot_be_trained_with_made_up_settings():
+    model = make_module(optimizer=None)
+    attach_fake_trainer(model, 10, 5)
+    with pytest.raises(ValueError, match=r"model.optimizer must set .*missing \['lr', 'weight_decay'"):
+        model.configure_optimizers()
