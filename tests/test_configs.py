@@ -31,7 +31,11 @@ def test_experiment_composes_and_resolves(make_cfg, experiment):
     # every interpolation outside hydra's own node resolves
     for key in ("data", "model", "protocol", "trainer", "callbacks", "logger", "paths"):
         OmegaConf.to_container(cfg[key], resolve=True)
-    assert cfg.model.net.image_size == cfg.data.input_size[0]
+    # the network's geometry (input size, feature grid, heatmap size) derives without error
+    from clamp_pl.spec import network_geometry
+
+    net = cfg.model.net
+    assert network_geometry(net.clip_model, net.image_size, net.num_deconv).heatmap_size[0] > 0
 
 
 @pytest.mark.parametrize("group,bad", [("experiment", "no_such_experiment"), ("model", "clamp_vitb99"),
