@@ -120,6 +120,12 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
         atomic_torch_save({"epoch": 2, "x": _Unpicklable()}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+    mask = os.umask(0o022)
+    try:
+        atomic_torch_save({"epoch": 3}, tmp_path / "new.ckpt")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "new.ckpt").stat().st_mode & 0o777 == 0o644  # as open() would create it, not 0600
 
 
 def _lightning_like(path: Path, spec: ModelSpec, epoch: int, mtime: float) -> Path:
