@@ -60,6 +60,8 @@ class PoseDataModule(pl.LightningDataModule):
         augment: the ``data.augment`` node: every field of :class:`~clamp_pl.data.transforms.TopDownAugment`
             but ``meta`` and ``seed``; None = the training split is not augmented.
         reduced_decode: reduced-resolution JPEG decoding in every split (:class:`TopDownTransform`).
+        drop_last: drop the last, partial training batch of each epoch (a tiny batch gives the BatchNorm heads
+            poor statistics); CLAMP's mmpose loader keeps it (False). Ignored when the split fits one batch.
         on_error: ``"raise"`` stops at setup on the first bad record; ``"skip"`` counts and logs skipped
             records and writes them to ``report_dir/skipped_records.json``.
     """
@@ -74,6 +76,7 @@ class PoseDataModule(pl.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        drop_last: bool = True,
         augment: dict | None = None,
         reduced_decode: bool = False,
         on_error: str = "raise",
@@ -88,6 +91,7 @@ class PoseDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.drop_last = bool(drop_last)
         self.augment = None if augment is None else dict(augment)
         self.reduced_decode = bool(reduced_decode)
         self.on_error = on_error
@@ -261,7 +265,7 @@ class PoseDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.persistent_workers,
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            drop_last=self.drop_last and shuffle and len(self.datasets[split]) > self.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -508,11 +508,12 @@ def test_shift_mode_dataset_is_the_same_in_every_worker_and_epoch(ap10k_instance
 
 
 def test_the_data_config_reaches_the_transforms(make_cfg):
-    """data.augment and data.reduced_decode, composed by Hydra, are what the datamodule's transforms use."""
+    """data.augment, data.reduced_decode and data.drop_last, composed by Hydra, are what the datamodule uses."""
     from clamp_pl.build import build_datamodule, build_spec
 
     cfg = make_cfg("data.augment.shift_mode=dataset", "data.augment.shift_factor=0.2",
-                   "data.augment.half_body_center=mean", "data.reduced_decode=true", "seed=5")
+                   "data.augment.half_body_center=mean", "data.reduced_decode=true", "data.drop_last=false",
+                   "seed=5")
     dm = build_datamodule(cfg)
     dm.use_spec(build_spec(cfg, dm.ensure_meta(), dm.name))
     dm.setup("fit")
@@ -521,9 +522,11 @@ def test_the_data_config_reaches_the_transforms(make_cfg):
     assert {k: getattr(augment, k) for k in expected} == expected and augment.seed == 5
     assert dm.datasets["val"].transform.augment is None and dm.datasets["test"].transform.augment is None
     assert all(dm.datasets[s].transform.reduced_decode for s in ("train", "val", "test"))
+    assert not dm.train_dataloader().drop_last  # CLAMP's loader keeps the last partial batch
     cfg = make_cfg()
     dm = build_datamodule(cfg)
     dm.use_spec(build_spec(cfg, dm.ensure_meta(), dm.name))
     dm.setup("fit")
     assert not any(dm.datasets[s].transform.reduced_decode for s in ("train", "val", "test"))  # off by default
     assert dm.datasets["train"].transform.augment.shift_mode == "sample"
+    assert dm.train_dataloader().drop_last and not dm.val_dataloader().drop_last
