@@ -116,6 +116,7 @@ OFFICIAL_COMMON = {
     "model.test_cfg.decode": "default",
     # model: 8 shared context tokens (text context_length 13 - 5), prompt encoder, 3-layer 256-wide decoder
     "model.net.pretrained": "openai",
+    "model.net.quick_gelu": True,  # OpenAI CLIP's activation, hard-coded in the official towers
     "model.net.n_ctx": 8,
     "model.net.ctx_init_std": 1.0,
     "model.net.prompt_encoder": True,

@@ -27,7 +27,7 @@ def official_pth(tmp_path_factory) -> tuple[Path, CLAMP]:
     torch.manual_seed(0)
     src = CLAMP(clip_model="clamp-tiny-vit", pretrained=None, image_size=64, prompts=get_meta("ap10k").prompts,
                 heatmap_size=(16, 16), class_embedding_twice=True, text_context_length=13, decoder_width=32,
-                decoder_layers=2).eval()
+                decoder_layers=2, quick_gelu=True).eval()
     path = tmp_path_factory.mktemp("official") / "CLAMP ViT-B ap10k.pth"  # a space: the CLI must quote it
     torch.save(mmpose_checkpoint(to_official(src, "clamp-tiny-vit", 2)), path)
     return path, src
@@ -71,7 +71,7 @@ def test_import_writes_a_run_dir_load_model_accepts(imported, official_pth):
     assert (imported / "model.pt").is_file()
     est = load_model(imported)
     assert est.spec.net["class_embedding_twice"] and est.spec.net["text_context_length"] == 13
-    assert est.spec.net["pretrained"] is None
+    assert est.spec.net["pretrained"] is None and est.spec.net["quick_gelu"] is True and est.net.quick_gelu
     assert est.spec.flip_test and est.spec.shift_heatmap and est.spec.decode == "default"
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

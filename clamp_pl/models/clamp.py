@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
 from torch import nn
 
 from .adapters import ContextDecoder, PromptEncoder
@@ -111,6 +112,9 @@ class CLAMP(nn.Module):
         self.text_branch = text_branch
         self.score_concat = score_concat and text_branch
         clip = build_clip(clip_model, pretrained, image_size, quick_gelu, text_heads=text_heads)
+        #: the activation actually built (``quick_gelu=None`` resolves it from the weights): record this value
+        #: to rebuild the same network without its pretrained weights
+        self.quick_gelu = any(isinstance(m, QuickGELU) for m in clip.modules())
         self.image_tower = DenseImageTower(
             clip_model,
             pretrained,

@@ -216,7 +216,7 @@ def describe(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 def official_net_kwargs(state_dict: Mapping[str, Any], clip_model: str) -> dict[str, Any]:
     """``CLAMP`` keyword arguments that make the network the official one the checkpoint was trained as:
     the structure read from the shapes (:func:`describe`) and the official forward-pass behaviour
-    (class embedding twice for ViTs, the 13-position text context, ViT-L/14's 8 text heads)."""
+    (QuickGELU, class embedding twice for ViTs, the 13-position text context, ViT-L/14's 8 text heads)."""
     info = describe(state_dict)
     if info["clip_model"] is not None and info["clip_model"] != clip_model.replace("/", "-"):
         raise ValueError(
@@ -235,6 +235,7 @@ def official_net_kwargs(state_dict: Mapping[str, Any], clip_model: str) -> dict[
         decoder_width=info["decoder_width"],
         decoder_layers=info["decoder_layers"],
         class_embedding_twice=info["kind"] == "vit",
+        quick_gelu=True,  # the official towers hard-code CLIP's QuickGELU
         text_heads=OFFICIAL_TEXT_HEADS.get(clip_model.replace("/", "-")),
     )
     if info["spatial_head"]:

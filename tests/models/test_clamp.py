@@ -234,3 +234,9 @@ def test_rn50_at_256_shapes():
     assert out["heatmaps"].shape == (1, 5, 64, 64) and out["score_maps"].shape == (1, 5, 8, 8)
     assert out["pixel_embeddings"].shape == (1, 1024, 8, 8)
     assert model.keypoint_head.deconv_layers[0].in_channels == 2048 + 5
+
+
+def test_resolved_activation_is_recorded():
+    """quick_gelu=None resolves from the weights; the built value is what a spec must keep to rebuild the net."""
+    assert make(quick_gelu=True).quick_gelu is True
+    assert make(quick_gelu=None).quick_gelu is False  # the tiny open_clip config's GELU

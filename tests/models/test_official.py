@@ -60,7 +60,7 @@ def test_describe_and_official_net_kwargs_rebuild_the_network():
             info["decoder_width"], info["decoder_layers"], info["num_deconv"]) == ("vit", 64, 8, 13, K, 32, 2, 2)
     assert info["clip_model"] is None  # not a released tower
     kwargs = official_net_kwargs(official, "clamp-tiny-vit")
-    assert kwargs["class_embedding_twice"] and kwargs["text_heads"] is None
+    assert kwargs["class_embedding_twice"] and kwargs["quick_gelu"] and kwargs["text_heads"] is None
     model = CLAMP(clip_model="clamp-tiny-vit", pretrained=None, prompts=PROMPTS, heatmap_size=(16, 16), **kwargs)
     convert_state_dict(official, expected=model.state_dict())
     rn = official_net_kwargs(to_official(make("clamp-tiny-rn"), "clamp-tiny-rn", 3), "clamp-tiny-rn")
