@@ -8,8 +8,8 @@ Used by the entry points (train, eval, import_official) and scripts. The config 
 * the rest of ``cfg.data`` -> the datamodule, recorded in the spec as the data the model was trained on;
 * the rest of ``cfg.model`` (loss, optimizer, scheduler, ...) -> the training arguments of ``PoseLitModule``.
 
-Derived values are derived here, once: the feature grid and heatmap size from the network
-(:func:`clamp_pl.spec.network_geometry`).
+The feature grid and the heatmap size are derived from the network by :func:`clamp_pl.spec.make_spec`, never
+read from the config.
 """
 
 from __future__ import annotations
