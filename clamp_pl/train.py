@@ -86,8 +86,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not best:
+        if not best and cfg.get("train"):
             log.warning("no best checkpoint (no validation ran?): testing the current weights")
+        elif not best:
+            log.info("train=false: testing the weights as built (init_from=%s)", cfg.get("init_from"))
         trainer.test(model, datamodule=dm, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         # the metric's own float64 values (the logged ones are float32), as clamp_pl.eval writes them
