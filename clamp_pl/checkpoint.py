@@ -253,7 +253,7 @@ def _candidates(ckpt_dir: Path, run_dir: Path, prefer: str) -> list[Path]:
 
 
 def resolve_checkpoint(path: str | Path | None, prefer: str = "best") -> Path | None:
-    """A checkpoint or model file (returned as is), or a run directory -> the file to use.
+    """A checkpoint or model file (returned as is once it proves readable), or a run directory -> the file to use.
 
     For a directory (the run dir, or its ``checkpoints/``) the candidates of ``prefer`` (``"best"`` or
     ``"last"``, see :func:`_candidates`) are tried in order and the first that loads is returned; each one
@@ -269,6 +269,10 @@ def resolve_checkpoint(path: str | Path | None, prefer: str = "best") -> Path | 
         return None
     p = Path(str(path)).expanduser()
     if p.is_file():
+        try:
+            read_checkpoint_file(p, mmap=True)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}. Pass its run directory to use the newest checkpoint there that loads") from None
         return p
     if not p.is_dir():
         raise FileNotFoundError(f"checkpoint not found: {p}")

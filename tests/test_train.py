@@ -103,6 +103,7 @@ def test_eval_reproduces_test_metrics(short_run, make_cfg):
     metrics, objs = evaluate(cfg)
     assert metrics == results
     assert objs["datamodule"].name == "toy_ap10k" and objs["datamodule"].input_size == (128, 128)
+    assert objs["datamodule"].codec is objs["model"].codec  # one codec object: targets and decoding
     # the same data named explicitly (data=...) gives the same numbers
     cfg = make_cfg(f"ckpt_path={short_run}", "data=toy_ap10k", "data.n_train=96", "data.n_val=24", "data.n_test=24",
                    "data.batch_size=8", "data.num_workers=0", "data.persistent_workers=false",
@@ -134,7 +135,8 @@ def test_init_from_loads_weights(short_run, make_cfg):
     from clamp_pl.pose_module import PoseLitModule
 
     cfg = make_cfg("experiment=fewshot_toy", f"init_from={short_run}")
-    _, _, model = build_training(cfg, None)
+    dm, _, model = build_training(cfg, None)
+    assert dm.codec is model.codec
     assert model.load_weights_from(short_run).name.startswith("epoch_")  # a run dir: its best checkpoint
     ref = PoseLitModule.load_from_checkpoint(short_run / "checkpoints" / sorted(
         p.name for p in (short_run / "checkpoints").glob("epoch_*.ckpt"))[-1], weights_only=True)
