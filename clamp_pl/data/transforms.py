@@ -239,6 +239,9 @@ class TopDownAugment:
     #: entropy of the ``shift_mode="dataset"`` draws (the experiment seed)
     seed: int = 0
     _photometric: Any = field(init=False, repr=False, compare=False)
+    # shift_mode="dataset" offsets already drawn in this process (a generator costs ~90 us to seed, the sample ~5 ms)
+    _shifts: dict[tuple[int, float, float], np.ndarray] = field(init=False, repr=False, compare=False,
+                                                              default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("flip_prob", "half_body_prob", "shift_prob", "rot_prob"):
@@ -261,12 +264,15 @@ class TopDownAugment:
     def dataset_shift(self, ann_id: int, bbox: np.ndarray) -> np.ndarray:
         """The fixed centre offset (2,) of ``shift_mode="dataset"`` for the instance ``ann_id`` with the box
         ``bbox`` (4,) xywh; zeros for the 1 - shift_prob instances that are not shifted."""
-        key = [int(self.seed) % 2**63, _DATASET_SHIFT_STREAM, int(ann_id) % 2**63]
-        rng = np.random.default_rng(key)
-        shifted, u = rng.random(), rng.random(2)
-        if shifted >= self.shift_prob:
-            return np.zeros(2)
-        return (2.0 * u - 1.0) * self.shift_factor * np.asarray(bbox, dtype=np.float64)[2:4]
+        wh = np.asarray(bbox, dtype=np.float64)[2:4]
+        cache_key = (int(ann_id), float(wh[0]), float(wh[1]))
+        offset = self._shifts.get(cache_key)
+        if offset is None:
+            rng = np.random.default_rng([int(self.seed) % 2**63, _DATASET_SHIFT_STREAM, int(ann_id) % 2**63])
+            shifted, u = rng.random(), rng.random(2)
+            offset = (2.0 * u - 1.0) * self.shift_factor * wh if shifted < self.shift_prob else np.zeros(2)
+            self._shifts[cache_key] = offset
+        return offset.copy()
 
     def __call__(
         self,
