@@ -197,7 +197,7 @@ class AugmentParams:
     half_body: bool
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, eq=False)  # identity equality: meta holds arrays, photometric a dict
 class TopDownAugment:
     """Training augmentation: samples the geometry of one instance and applies the photometric transforms.
 
