@@ -111,3 +111,70 @@ def mmpose_checkpoint(state_dict, **meta_extra):
             "dtype": np.dtype("float32"), **meta_extra}
     sd = collections.OrderedDict(("module." + k, v) for k, v in state_dict.items())
     return {"meta": meta, "state_dict": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 5e-6}]}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the official forward passes, re-derived from the official modules with plain torch ops on the official keys
+
+
+def _ln(x: torch.Tensor, sd: dict, key: str) -> torch.Tensor:
+    return torch.nn.functional.layer_norm(x, x.shape[-1:], sd[f"{key}.weight"], sd[f"{key}.bias"])
+
+
+def _block_seq_first(x: torch.Tensor, sd: dict, key: str, heads: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """One official ResidualAttentionBlock on [L, B, W]: x + attn(ln_1 x); x + c_proj(QuickGELU(c_fc(ln_2 x)))."""
+    import torch.nn.functional as F
+
+    y = _ln(x, sd, f"{key}.ln_1")
+    w = x.shape[-1]
+    y, _ = F.multi_head_attention_forward(
+        y, y, y, w, heads, sd[f"{key}.attn.in_proj_weight"], sd[f"{key}.attn.in_proj_bias"], None, None, False,
+        0.0, sd[f"{key}.attn.out_proj.weight"], sd[f"{key}.attn.out_proj.bias"], training=False,
+        need_weights=False, attn_mask=mask)
+    x = x + y
+    h = F.linear(_ln(x, sd, f"{key}.ln_2"), sd[f"{key}.mlp.c_fc.weight"], sd[f"{key}.mlp.c_fc.bias"])
+    h = h * torch.sigmoid(1.702 * h)  # QuickGELU
+    return x + F.linear(h, sd[f"{key}.mlp.c_proj.weight"], sd[f"{key}.mlp.c_proj.bias"])
+
+
+def official_vit_forward(sd: dict, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIPVisionTransformer.forward (get_embeddings, no FPN) at its trained size: (last-block patch map
+    [B, W, g, g], pixel embeddings [B, D, g, g]). The class token gets class_embedding twice."""
+    import torch.nn.functional as F
+
+    p = "backbone."
+    x = F.conv2d(x, sd[p + "conv1.weight"], stride=sd[p + "conv1.weight"].shape[-1])
+    b, w, g, _ = x.shape
+    x = x.reshape(b, w, g * g).permute(0, 2, 1)
+    cls = sd[p + "class_embedding"]
+    x = torch.cat([cls + torch.zeros(b, 1, w), x], dim=1)
+    pos = sd[p + "positional_embedding"].clone()
+    pos[0] = pos[0] + cls
+    x = _ln(x + pos, sd, p + "ln_pre").permute(1, 0, 2)  # [L, B, W]
+    n = len({k.split(".")[3] for k in sd if k.startswith(p + "transformer.resblocks.")})
+    for i in range(n):
+        x = _block_seq_first(x, sd, f"{p}transformer.resblocks.{i}", heads, None)
+    x = x.permute(1, 0, 2)
+    fmap = x[:, 1:].permute(0, 2, 1).reshape(b, w, g, g)
+    emb = _ln(x, sd, p + "ln_post") @ sd[p + "proj"]
+    return fmap, emb[:, 1:].reshape(b, g, g, -1).permute(0, 3, 1, 2)
+
+
+def official_text_forward(sd: dict, token_ids: torch.Tensor, heads: int) -> torch.Tensor:
+    """CLIPTextContextEncoder.forward for one image: ``token_ids`` [K, 5] (SOT, name, EOT, zero padding, as the
+    official tokenizer writes them at context_length 5); the contexts go right after SOT; EOT read at
+    argmax + n_ctx. Returns [K, D]."""
+    p = "text_encoder."
+    emb = sd[p + "token_embedding.weight"][token_ids]  # [K, 5, W]
+    k = emb.shape[0]
+    ctx = sd["contexts"].expand(k, -1, -1)
+    x = torch.cat([emb[:, :1], ctx, emb[:, 1:]], dim=1) + sd[p + "positional_embedding"]
+    length = x.shape[1]
+    mask = torch.full((length, length), float("-inf")).triu(1)
+    x = x.permute(1, 0, 2)
+    n = len({kk.split(".")[3] for kk in sd if kk.startswith(p + "transformer.resblocks.")})
+    for i in range(n):
+        x = _block_seq_first(x, sd, f"{p}transformer.resblocks.{i}", heads, mask)
+    x = _ln(x.permute(1, 0, 2), sd, p + "ln_final")
+    eot = token_ids.argmax(dim=-1) + ctx.shape[1]
+    return x[torch.arange(k), eot] @ sd[p + "text_projection"]

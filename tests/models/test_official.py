@@ -9,7 +9,12 @@ import argparse
 import numpy as np
 import pytest
 import torch
-from helpers.official_layout import mmpose_checkpoint, to_official
+from helpers.official_layout import (
+    mmpose_checkpoint,
+    official_text_forward,
+    official_vit_forward,
+    to_official,
+)
 
 from clamp_pl.models import CLAMP
 from clamp_pl.models.official import (
@@ -145,3 +150,35 @@ def test_text_context_length_limits_the_prompts():
     assert model.prompt_learner.text_tower.positional_embedding.shape == (13, 64)
     with pytest.raises(ValueError, match="exceeds the text context length 13"):
         model.set_prompts(["a very long keypoint name indeed"] * K)
+
+
+def test_imported_network_computes_the_official_forward_pass():
+    """The network official_net_kwargs builds runs what the official modules run on the official weights
+    (sequence-first blocks with QuickGELU, class embedding twice, contexts after SOT in a 13-position text
+    context), re-derived here with plain torch ops; with CLIP's single class embedding it does not."""
+    import open_clip
+
+    official = to_official(make("clamp-tiny-vit", quick_gelu=True), "clamp-tiny-vit", 2)
+    x = torch.randn(2, 3, 64, 64)
+    ref_map, ref_pix = official_vit_forward(official, x, heads=2)
+    tok = open_clip.get_tokenizer("clamp-tiny-vit")
+    ids = torch.zeros(K, 5, dtype=torch.long)
+    for i, name in enumerate(PROMPTS):
+        seq = [tok.sot_token_id, *tok.encode(name), tok.eot_token_id]
+        ids[i, : len(seq)] = torch.tensor(seq)
+    ref_text = official_text_forward(official, ids, heads=2)
+
+    def build(**override):
+        kwargs = {**official_net_kwargs(official, "clamp-tiny-vit"), **override}
+        model = CLAMP(clip_model="clamp-tiny-vit", pretrained=None, prompts=PROMPTS, heatmap_size=(16, 16), **kwargs)
+        model.load_state_dict(convert_state_dict(official, expected=model.state_dict()))
+        return model.eval()
+
+    model = build()
+    with torch.no_grad():
+        fmap, _, pix = model.image_tower(x)
+        torch.testing.assert_close(fmap, ref_map, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(pix, ref_pix, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.text_features(), ref_text, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(build(class_embedding_twice=False).image_tower(x)[0], ref_map, atol=1e-3)
+        assert not torch.allclose(build(quick_gelu=False).text_features(), ref_text, atol=1e-3)
