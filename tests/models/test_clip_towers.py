@@ -236,3 +236,15 @@ def test_real_224_checkpoint_into_256_model(tmp_path, name, key):
     model = build_clip(name, str(path), 256)
     side = 16 if name.startswith("ViT") else 8
     assert model.state_dict()[key].shape[0] == side * side + 1
+
+
+def test_token_mode_is_timm_drop_path_on_sequence_first_blocks():
+    """The official blocks call timm's drop_path on [L, B, W]; token mode on open_clip's [B, L, W] draws the
+    same mask (same draws, same order) and applies it the same way."""
+    drop_path = pytest.importorskip("timm.layers").drop_path
+    x = torch.randn(3, 7, 5)  # [B, L, W]
+    torch.manual_seed(0)
+    official = drop_path(x.transpose(0, 1), 0.4, training=True).transpose(0, 1)
+    torch.manual_seed(0)
+    ours = _DropPathHook(0.4, "token")(torch.nn.Identity(), (x,), x)
+    torch.testing.assert_close(ours, official)
