@@ -360,7 +360,7 @@ def train_augment(meta, seed: int = 0):
 
     with composed([]) as cfg:
         node = OmegaConf.to_container(cfg.data.augment, resolve=True)
-    return TopDownAugment(meta=meta, seed=seed, **node)
+    return TopDownAugment.from_config(meta, node, seed)
 
 
 def build_clamp(cfg: dict[str, Any], text_branch: bool = True):

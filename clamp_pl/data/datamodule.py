@@ -195,7 +195,7 @@ class PoseDataModule(pl.LightningDataModule):
             self.instances[split], self.gt[split], self.reports[split] = insts, gt, report
         self._apply_protocol()
         self._write_reports()
-        augment = None if self.augment is None else TopDownAugment(meta=meta, seed=self.seed, **self.augment)
+        augment = None if self.augment is None else TopDownAugment.from_config(meta, self.augment, self.seed)
         for split in SPLITS:
             transform = TopDownTransform(
                 meta,

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +201,8 @@ class AugmentParams:
 class TopDownAugment:
     """Training augmentation: samples the geometry of one instance and applies the photometric transforms.
 
-    Built from ONE config node, ``data.augment`` (``TopDownAugment(meta=meta, seed=seed, **cfg.data.augment)``):
-    every setting is a required field, and its default lives only in ``conf/data/_base.yaml``.
+    Built from ONE config node, ``data.augment`` (:meth:`from_config`): every setting is a required field, and its
+    default lives only in ``conf/data/_base.yaml``.
 
     Geometry, in order (CLAMP = mmpose 0.21, see the module docstring), with the numpy Generator of the sample:
 
@@ -247,19 +247,32 @@ class TopDownAugment:
         for name in ("flip_prob", "half_body_prob", "shift_prob", "rot_prob"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
-                raise ValueError(f"augment.{name} must be a probability in [0, 1], got {value!r}")
+                raise ValueError(f"data.augment.{name} must be a probability in [0, 1], got {value!r}")
         for name in ("half_body_padding", "shift_factor", "rot_factor"):
             if float(getattr(self, name)) < 0:
-                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)!r}")
+                raise ValueError(f"data.augment.{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0.0 <= float(self.scale_factor) < 1.0:
-            raise ValueError(f"augment.scale_factor must be in [0, 1) (the scale is clipped to 1 +- it), "
+            raise ValueError(f"data.augment.scale_factor must be in [0, 1) (the scale is clipped to 1 +- it), "
                              f"got {self.scale_factor!r}")
         if self.shift_mode not in SHIFT_MODES:
-            raise ValueError(f"augment.shift_mode must be one of {SHIFT_MODES}, got {self.shift_mode!r}")
+            raise ValueError(f"data.augment.shift_mode must be one of {SHIFT_MODES}, got {self.shift_mode!r}")
         if self.half_body_center not in HALF_BODY_CENTERS:
-            raise ValueError(f"augment.half_body_center must be one of {HALF_BODY_CENTERS}, "
+            raise ValueError(f"data.augment.half_body_center must be one of {HALF_BODY_CENTERS}, "
                              f"got {self.half_body_center!r}")
+        if isinstance(self.half_body_min_kpts, bool) or int(self.half_body_min_kpts) != self.half_body_min_kpts \
+                or self.half_body_min_kpts < 0:
+            raise ValueError(f"data.augment.half_body_min_kpts must be an integer >= 0, got {self.half_body_min_kpts!r}")
         object.__setattr__(self, "_photometric", build_photometric(self.photometric))
+
+    @classmethod
+    def from_config(cls, meta: DatasetMeta, node: Mapping[str, Any], seed: int = 0) -> TopDownAugment:
+        """Build it from the ``data.augment`` config node; unknown or missing settings are an error naming them."""
+        names = {f.name for f in fields(cls) if f.init} - {"meta", "seed"}
+        unknown, missing = sorted(set(node) - names), sorted(names - set(node))
+        if unknown or missing:
+            raise ValueError(f"data.augment: unknown settings {unknown}, missing settings {missing} "
+                             f"(the settings are {sorted(names)}; conf/data/_base.yaml lists them)")
+        return cls(meta=meta, seed=seed, **node)
 
     def dataset_shift(self, ann_id: int, bbox: np.ndarray) -> np.ndarray:
         """The fixed centre offset (2,) of ``shift_mode="dataset"`` for the instance ``ann_id`` with the box

@@ -393,11 +393,20 @@ def test_every_augment_setting_has_its_one_default_in_the_config():
 @pytest.mark.parametrize(("key", "value", "match"), [
     ("flip_prob", 1.5, "flip_prob"), ("rot_prob", -0.1, "rot_prob"), ("shift_mode", "epoch", "shift_mode"),
     ("half_body_center", "median", "half_body_center"), ("scale_factor", 1.0, "scale_factor"),
-    ("shift_factor", -0.1, "shift_factor"),
+    ("shift_factor", -0.1, "shift_factor"), ("half_body_min_kpts", 2.5, "half_body_min_kpts"),
 ])
 def test_bad_augment_settings_are_errors_naming_the_field(key, value, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"data.augment.{match} must"):
         aug(**{key: value})
+
+
+def test_from_config_names_unknown_and_missing_settings():
+    node = augment_config()
+    assert TopDownAugment.from_config(AP10K, node, seed=3).seed == 3
+    node.pop("rot_prob")
+    with pytest.raises(ValueError, match=r"data.augment: unknown settings \['rot_pro'\], missing settings "
+                                         r"\['rot_prob'\]"):
+        TopDownAugment.from_config(AP10K, {**node, "rot_pro": 0.5})
 
 
 def test_half_body_center_mean_or_extent():
