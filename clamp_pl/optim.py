@@ -71,7 +71,7 @@ def fused_supported(params: Iterable[Tensor]) -> bool:
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
-def adamw(groups: list[dict[str, Any]], *, fused: bool | Literal["auto"] = "auto") -> torch.optim.AdamW:
+def adamw(groups: list[dict[str, Any]], *, fused: bool | Literal["auto"]) -> torch.optim.AdamW:
     """AdamW (default betas and eps) over ``groups`` (:func:`param_groups`: each group sets its lr and weight
     decay). ``fused``: True, False, or ``"auto"`` = the fused kernel whenever :func:`fused_supported`."""
     if fused not in ("auto", True, False):

@@ -18,7 +18,8 @@ from clamp_pl.spec import make_spec
 NET = dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
            upconv_num_deconv=3, upconv_channels=16)
 PROMPTS = ["left eye", "right eye", "nose", "left paw", "right paw"]
-OPT = {"lr": 1e-3, "weight_decay": 0.05, "backbone_lr_mult": 0.1}
+OPT = {"lr": 1e-3, "weight_decay": 0.05, "backbone_lr_mult": 0.1, "fused": "auto"}
+SCHED = {"warmup_iters": 10, "warmup_ratio": 0.001, "milestones": [5], "gamma": 0.1}
 
 
 def _reference_groups(net, lr, wd, mult, keys=None):
@@ -68,7 +69,7 @@ def test_module_optimizer_uses_the_groups():
                        lower_body_ids=(), joint_weights=[1.0] * 5)
     spec = make_spec(NET, meta, normalization="imagenet", padding=1.25, sigma=2.0, decode="default",
                      shift_heatmap=True, flip_test=True)
-    module = PoseLitModule(spec=spec, optimizer=OPT)
+    module = PoseLitModule(spec=spec, optimizer=OPT, scheduler=SCHED)
     module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
     opt = module.configure_optimizers()["optimizer"]
     module.trainer = None
@@ -80,13 +81,13 @@ def test_module_optimizer_uses_the_groups():
 
 def test_adamw_fused_choice_and_errors(net):
     groups = param_groups(net, lr=1e-3, weight_decay=0.0, backbone_lr_mult=1.0)
-    assert adamw(groups).defaults["fused"] is True
+    assert adamw(groups, fused="auto").defaults["fused"] is True
     assert adamw(groups, fused=False).defaults["fused"] is False
     assert not fused_supported([torch.zeros(2, dtype=torch.int64)]) and not fused_supported([])
     with pytest.raises(ValueError, match="model.optimizer.fused must be auto, true or false, not 'yes'"):
         adamw(groups, fused="yes")
     with pytest.raises(ValueError, match="no trainable parameters"):
-        adamw([])
+        adamw([], fused="auto")
 
 
 def test_benchmark_scripts_build_the_module_groups(net, monkeypatch):
