@@ -1,2 +1,9 @@
 """CLAMP: prompt-based contrastive learning for animal pose, on Lightning + Hydra."""
+import warnings
+
 __version__ = "0.1.0"
+
+# Lightning 2.6's own pytree helper still builds torch's LeafSpec, which torch 2.14 deprecates: every run printed
+# this twice, about Lightning's code, with nothing for a user to act on. Only that message from that module.
+warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
+                        r"pytorch_lightning\.utilities\._pytree")
