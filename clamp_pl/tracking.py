@@ -3,8 +3,10 @@
 A top-down model needs a box around the animal. In a video the animal moves little from one frame to the next, so
 the box of frame ``t + 1`` is made from frame ``t``'s confident keypoints, the same way training boxes are made
 from labelled keypoints (:func:`clamp_pl.data.dlc.keypoint_box`: the keypoints' extent, pushed out on every side
-by ``margin`` x its larger side), widened to the network's aspect ratio and averaged with the previous box
-(``smoothing``) so that it does not jitter with the keypoints.
+by ``margin`` x its larger side) and widened to the network's aspect ratio. Its centre follows the keypoints
+exactly (averaging it with earlier boxes makes it lag behind a running animal); its size is averaged with the
+previous box's (``smoothing``) and changes by at most ``max_resize`` per frame, so that a few misplaced or
+unseen keypoints neither collapse nor blow it up.
 
 When the frame's mean keypoint score drops below ``score_threshold`` (the animal left the box, or the box
 drifted) the animal is searched for again in that frame: every candidate box (a coarse grid of overlapping boxes at a few
@@ -42,11 +44,17 @@ class FollowConfig:
         margin: each side of the confident keypoints' extent is pushed out by ``margin`` x its larger side
             (the training boxes' margin); at least ``min_margin`` pixels.
         keypoint_threshold: keypoints scoring above it define the next box.
-        min_keypoints: fewer confident keypoints than this: the box only moves to their mean (size kept), or
-            stays where it was when there is none.
+        min_keypoints: a box is made from at least this many keypoints (confident now, or earlier and moved
+            along with the others: see :meth:`Follower._remember`); with fewer the box stays where it was.
+        max_resize: from one frame to the next the box's side grows or shrinks by at most this factor (an
+            animal's size in a video changes slowly; a few misplaced keypoints must not blow up or collapse
+            the box). Not applied to a re-acquired box.
+        refine_shift: when the keypoints found in a frame put the animal's centre more than this fraction of the
+            box's side away from the box's centre (it moved fast), the frame is predicted again in the box they
+            make and the better of the two is kept; None = never (one pass per followed frame).
         score_threshold: a mean keypoint score below it means the animal is lost: search again.
-        smoothing: weight of the previous box in the next one (exponential average of centre and size);
-            0 = the box follows the keypoints exactly.
+        smoothing: weight of the previous box's size in the next one (exponential average); 0 = the size
+            the keypoints make. The centre is never averaged.
         search_scales: candidate box sides of the coarse search, as fractions of the frame's shorter side (the
             whole frame is always a candidate too).
         search_overlap: overlap of neighbouring candidates of one scale (0.5 = stride of half a box).
@@ -56,6 +64,8 @@ class FollowConfig:
     min_margin: float = 4.0
     keypoint_threshold: float = 0.3
     min_keypoints: int = 2
+    max_resize: float = 1.25
+    refine_shift: float | None = 0.15
     score_threshold: float = 0.2
     smoothing: float = 0.3
     search_scales: tuple[float, ...] = (0.3, 0.5, 0.8)
@@ -71,6 +81,8 @@ class FollowConfig:
                              f"{self.min_margin}")
         if self.min_keypoints < 1:
             raise ValueError(f"follow.min_keypoints must be >= 1, got {self.min_keypoints}")
+        if self.max_resize < 1.0:
+            raise ValueError(f"follow.max_resize must be >= 1, got {self.max_resize}")
         if any(not 0.0 < s <= 1.0 for s in self.search_scales):
             raise ValueError(f"follow.search_scales must be fractions in (0, 1], got {list(self.search_scales)}")
 
@@ -150,22 +162,27 @@ class Follower:
         config: :class:`FollowConfig`.
         candidates: ``candidates(frame) -> boxes`` to search in (e.g. a detector's boxes); None or an empty
             answer = the coarse grid (:func:`grid_boxes`).
+        search_predict: ``predict`` for the many candidates of a search (e.g. without flip test: only their
+            ranking matters, the winner is predicted again with ``predict``); None = ``predict``.
     """
 
     def __init__(
         self, predict: PredictFn, aspect: float = 1.0, config: FollowConfig | None = None,
-        candidates: CandidatesFn | None = None,
+        candidates: CandidatesFn | None = None, search_predict: PredictFn | None = None,
     ) -> None:
         self.predict = predict
+        self.search_predict = search_predict or predict
         self.aspect = float(aspect)
         self.config = config or FollowConfig()
         self.candidates = candidates
         self.box: np.ndarray | None = None  # the box for the next frame [x, y, w, h]
+        self._memory: np.ndarray | None = None  # where each keypoint is believed to be [K, 2] (see _remember)
         self._grid: dict[tuple[int, int], list[list[float]]] = {}
 
     def reset(self) -> None:
         """Forget the followed box: the next frame is searched."""
         self.box = None
+        self._memory = None
 
     def step(self, frame: np.ndarray) -> FollowStep:
         """Predict ``frame`` (RGB ``[H, W, 3]``) in the followed box (searching when lost) and make the next box."""
@@ -176,6 +193,11 @@ class Follower:
         if self.box is not None:
             inst = self.predict(frame, [self.box.tolist()])[0]
             n = 1
+            again = self._recentre(frame, inst)
+            if again is not None:
+                n += 1
+                if quality(again) > quality(inst):
+                    inst = again
         if inst is None or quality(inst) < cfg.score_threshold:
             found, m = self._search(frame)
             searched, n = True, n + m
@@ -193,10 +215,14 @@ class Follower:
             if key not in self._grid:
                 self._grid[key] = grid_boxes(w, h, self.config.search_scales, self.config.search_overlap)
             boxes = self._grid[key]
-        preds = self.predict(frame, [list(map(float, b[:4])) for b in boxes])
-        best = max(preds, key=quality)
+        preds = self.search_predict(frame, [list(map(float, b[:4])) for b in boxes])
+        winner = max(preds, key=quality)
         n = len(boxes)
-        refined = self._box_of(best, previous=np.asarray(best["bbox"], dtype=np.float64))
+        best = winner
+        if self.search_predict is not self.predict:  # the winner as the followed boxes are predicted
+            best = self.predict(frame, [list(map(float, winner["bbox"]))])[0]
+            n += 1
+        refined = self._next_box(best, self._remember(best, None))
         if refined is not None:
             again = self.predict(frame, [refined.tolist()])[0]
             n += 1
@@ -204,34 +230,63 @@ class Follower:
                 best = again
         return best, n
 
-    def _box_of(self, inst: Instance, previous: np.ndarray | None) -> np.ndarray | None:
-        """The box that the confident keypoints of ``inst`` make (aspect fixed), or None when too few are
-        confident and there is no previous box to move."""
-        cfg = self.config
+    def _recentre(self, frame: np.ndarray, inst: Instance) -> Instance | None:
+        """``inst`` predicted again in the box its keypoints make, when that box's centre is more than
+        ``refine_shift`` of the side away from the followed box's; else None."""
+        shift = self.config.refine_shift
+        if shift is None or self.box is None:
+            return None
+        box = self._next_box(inst, self._remember(inst, self._memory))
+        if box is None:
+            return None
+        moved = np.linalg.norm((box[:2] + box[2:] / 2) - (self.box[:2] + self.box[2:] / 2))
+        if moved <= shift * float(self.box[2:].max()):
+            return None
+        return self.predict(frame, [box.tolist()])[0]
+
+    def _confident(self, inst: Instance) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoints ``[K, 2]`` of ``inst`` and which of them are confident ``[K]``."""
         kpts = np.asarray(inst["keypoints"], dtype=np.float64)
-        ok = (np.asarray(inst["scores"]) > cfg.keypoint_threshold) & np.isfinite(kpts).all(1)
-        if ok.sum() >= cfg.min_keypoints:
-            return fix_aspect(box_from_keypoints(kpts[ok], cfg.margin, cfg.min_margin), self.aspect)
-        if ok.any() and previous is not None:
-            # too few points to measure the animal's size: keep the size, move to where they are
-            x, y, bw, bh = previous
-            cx, cy = kpts[ok].mean(0)
-            return np.array([cx - bw / 2, cy - bh / 2, bw, bh])
-        return None
+        return kpts, (np.asarray(inst["scores"]) > self.config.keypoint_threshold) & np.isfinite(kpts).all(1)
+
+    def _remember(self, inst: Instance, memory: np.ndarray | None) -> np.ndarray:
+        """Where each keypoint is believed to be after ``inst``: ``[K, 2]``, NaN = not seen since the last search.
+
+        Confident keypoints are taken as they are; the others keep their last confident position, moved by how
+        far the keypoints confident in both moved. So a box keeps the whole animal while, say, only its head is
+        seen: made from the head alone it would shrink to the head.
+        """
+        kpts, ok = self._confident(inst)
+        mem = np.full_like(kpts, np.nan) if memory is None else memory.copy()
+        known = np.isfinite(mem).all(1)
+        both = ok & known
+        if both.any():
+            mem[known & ~ok] += (kpts[both] - mem[both]).mean(0)
+        mem[ok] = kpts[ok]
+        return mem
+
+    def _next_box(self, inst: Instance, memory: np.ndarray) -> np.ndarray | None:
+        """The box (aspect fixed) around the remembered keypoints, or None when fewer than ``min_keypoints`` are
+        known."""
+        cfg = self.config
+        known = np.isfinite(memory).all(1)
+        if known.sum() < cfg.min_keypoints:
+            return None
+        return fix_aspect(box_from_keypoints(memory[known], cfg.margin, cfg.min_margin), self.aspect)
 
     def _update(self, inst: Instance, width: int, height: int, reset: bool) -> None:
-        previous = np.asarray(inst["bbox"], dtype=np.float64)
-        new = self._box_of(inst, previous)
-        if new is None:
-            # nothing confident: stay if the instance is still believed, else search the next frame
-            self.box = previous if quality(inst) >= self.config.score_threshold else None
+        if quality(inst) < self.config.score_threshold and not self._confident(inst)[1].any():
+            self.box, self._memory = None, None  # nothing to follow: search the next frame from scratch
             return
-        if self.box is not None and not reset and self.config.smoothing > 0:
-            a = self.config.smoothing
-            c_old, c_new = self.box[:2] + self.box[2:] / 2, new[:2] + new[2:] / 2
-            c = a * c_old + (1 - a) * c_new
-            size = a * self.box[2:] + (1 - a) * new[2:]
-            new = np.concatenate([c - size / 2, size])
+        memory = self._remember(inst, None if reset else self._memory)
+        new = self._next_box(inst, memory)
+        if new is None:
+            new = np.asarray(inst["bbox"], dtype=np.float64)  # too few points to measure: stay
+        self._memory = memory
+        if self.box is not None and not reset:
+            a, r = self.config.smoothing, self.config.max_resize
+            size = np.clip(a * self.box[2:] + (1 - a) * new[2:], self.box[2:] / r, self.box[2:] * r)
+            new = np.concatenate([new[:2] + new[2:] / 2 - size / 2, size])
         # keep the centre inside the frame so that the crop always holds some of it
         c = np.clip(new[:2] + new[2:] / 2, 0.0, [width, height])
         self.box = np.concatenate([c - new[2:] / 2, new[2:]])

@@ -19,6 +19,7 @@ class StubModel:
 
     def __init__(self) -> None:
         self.truth = SHAPE.copy()
+        self.hidden = np.zeros(len(SHAPE), bool)  # keypoints never seen (occluded)
         self.calls = 0
         self.boxes = 0
 
@@ -31,7 +32,7 @@ class StubModel:
             x, y, w, h = b
             c = np.array([x + w / 2, y + h / 2])
             half = 1.25 * np.array([w, h]) / 2
-            inside = (np.abs(self.truth - c) <= half).all(1) & (max(w, h) <= 4 * extent)
+            inside = (np.abs(self.truth - c) <= half).all(1) & (max(w, h) <= 4 * extent) & ~self.hidden
             kpts = np.where(inside[:, None], self.truth, c)
             scores = np.where(inside, 0.9, 0.05)
             out.append({"bbox": list(b), "keypoints": kpts.astype(np.float32), "scores": scores.astype(np.float32),
@@ -125,8 +126,67 @@ def test_candidates_from_a_detector_replace_the_grid():
     np.testing.assert_allclose(step.instance["keypoints"], model.truth, atol=1e-4)
 
 
+def test_box_keeps_the_whole_animal_while_part_of_it_is_unseen():
+    model = StubModel()
+    follower = Follower(model, aspect=1.0, config=FollowConfig(refine_shift=None))
+    for t in range(30):
+        model.truth = SHAPE + [60.0 + 3 * t, 100.0]
+        model.hidden[3] = t >= 5  # the tail end disappears after frame 5; the head (3 points within 16 px) stays
+        step = follower.step(FRAME)
+        assert not step.searched or t == 0
+    # the tail end's remembered position moved with the head: the box still spans the whole 40 px animal
+    x, y, w, h = follower.box
+    assert w > 40 and x < model.truth[:, 0].min() and x + w > model.truth[3, 0]
+
+
+def test_box_size_changes_at_most_max_resize_per_frame():
+    model = StubModel()
+    follower = Follower(model, aspect=1.0, config=FollowConfig(max_resize=1.1, smoothing=0.0, refine_shift=None))
+    model.truth = SHAPE + [100.0, 100.0]
+    follower.step(FRAME)
+    sides = [follower.box[2]]
+    for _ in range(5):
+        model.truth = (SHAPE * 2.0) + [100.0, 100.0]  # the animal suddenly looks twice as large
+        follower.step(FRAME)
+        sides.append(follower.box[2])
+    ratios = np.array(sides[1:]) / np.array(sides[:-1])
+    assert np.all(ratios <= 1.1 + 1e-9) and ratios[0] > 1.09
+
+
+def test_fast_motion_is_recentred_within_the_frame():
+    def run(refine_shift):
+        model = StubModel()
+        follower = Follower(model, aspect=1.0, config=FollowConfig(refine_shift=refine_shift, smoothing=0.5))
+        seen = []
+        for t in range(12):
+            model.truth = SHAPE + [30.0 + 18 * t, 100.0]  # 18 px per frame: half the animal's length
+            seen.append(int((follower.step(FRAME).instance["scores"] > 0.5).sum()))
+        return seen, model.boxes
+
+    seen_once, boxes_once = run(None)
+    seen_twice, boxes_twice = run(0.15)
+    assert sum(seen_twice) > sum(seen_once)  # more keypoints found
+    assert boxes_twice > boxes_once  # at the price of a second pass on some frames
+    assert min(seen_twice[1:]) == 4
+
+
+def test_search_ranks_candidates_with_its_own_predict():
+    model = StubModel()
+    model.truth = SHAPE + [150.0, 120.0]
+    ranked = []
+
+    def rank(frame, boxes):
+        ranked.append(len(boxes))
+        return model(frame, boxes)
+
+    step = Follower(model, aspect=1.0, search_predict=rank).step(FRAME)
+    assert ranked == [len(grid_boxes(W, H))] and step.reacquired
+    assert model.calls == 3  # the grid (through rank), the winner again, and its refinement
+    np.testing.assert_allclose(step.instance["keypoints"], model.truth, atol=1e-4)
+
+
 @pytest.mark.parametrize("bad", [{"smoothing": 1.0}, {"search_overlap": -0.1}, {"search_scales": (0.0,)},
-                                 {"min_keypoints": 0}, {"margin": -1.0}])
+                                 {"min_keypoints": 0}, {"margin": -1.0}, {"max_resize": 0.5}])
 def test_config_errors_name_the_field(bad):
     field = next(iter(bad))
     with pytest.raises(ValueError, match=f"follow.{field}"):
