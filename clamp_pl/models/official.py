@@ -119,6 +119,9 @@ def convert_state_dict(
             value = value[0]
         out[target] = value
         out.sources[target] = key
+    if unknown and any(k.startswith(("image_tower.", "net.image_tower.")) for k in unknown):
+        raise ValueError("these weights are already in clamp_pl's layout (image_tower.*): load them with "
+                         "clamp_pl.api.load_model or eval ckpt_path=, not import_official")
     if unknown:
         listing = ", ".join(f"{k} {_shape(sd[k])}" for k in unknown)
         raise KeyError(f"{len(unknown)} official parameter(s) CLAMP has no place for: {listing}")

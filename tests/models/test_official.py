@@ -94,6 +94,8 @@ def test_unknown_keys_are_named_with_shapes():
         convert_state_dict(official)
     assert "prompt_encoder.transformer.resblocks.1.ln_1.weight [64]" in str(err.value)
     assert "head.extra [7, 3]" in str(err.value)
+    with pytest.raises(ValueError, match="already in clamp_pl's layout"):
+        convert_state_dict(make("clamp-tiny-vit").state_dict())
     # under a known prefix but not in the model (an FPN the released configs switch off): named both ways
     official = to_official(make("clamp-tiny-vit"), "clamp-tiny-vit", 2)
     official["backbone.fpn1.0.weight"] = torch.zeros(7, 3)
