@@ -36,6 +36,7 @@ __all__ = [
     "SPEC_KEY",
     "CheckpointError",
     "atomic_torch_save",
+    "is_model_file",
     "load_checkpoint",
     "read_checkpoint_file",
     "resolve_checkpoint",
@@ -117,6 +118,11 @@ def read_checkpoint_file(path: str | Path, mmap: bool = False) -> dict[str, Any]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
+
+
+def is_model_file(path: str | Path) -> bool:
+    """Whether ``path`` is a model file (:func:`save_model_file`): weights and spec, nothing to resume from."""
+    return MODEL_FILE_KEY in read_checkpoint_file(path, mmap=True)
 
 
 def load_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor]]:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from clamp_pl.build import build_training
 from clamp_pl.callbacks.checkpoint_io import AtomicCheckpointIO
-from clamp_pl.checkpoint import resolve_checkpoint
+from clamp_pl.checkpoint import is_model_file, resolve_checkpoint
 from clamp_pl.utils.config import config_dir
 from clamp_pl.utils.run import (
     instantiate_callbacks,
@@ -72,6 +72,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("init_from"):
         model.load_weights_from(cfg.init_from)
     ckpt_path = resolve_checkpoint(cfg.get("ckpt_path"), prefer="last")
+    if ckpt_path is not None and is_model_file(ckpt_path):
+        raise ValueError(f"ckpt_path={ckpt_path} is a model file (the network's weights and spec, no optimiser or "
+                         f"schedule state): resuming needs a training checkpoint; start from its weights with "
+                         f"init_from={ckpt_path}")
 
     callbacks = instantiate_callbacks(cfg.get("callbacks"), cfg.trainer.get("enable_progress_bar", True))
     loggers = instantiate_loggers(cfg.get("logger"), run_dir, resume_from=ckpt_path)

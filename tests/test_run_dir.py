@@ -104,6 +104,10 @@ def test_model_file_works_wherever_a_checkpoint_does(tiny_run, tmp_path, make_cf
     _, _, model = build_training(make_cfg("experiment=supervised_toy"), None)
     assert model.load_weights_from(tmp_path / "shared").name == "model.pt"
     assert all(torch.equal(model.net.state_dict()[k], v) for k, v in state.items())
+    from clamp_pl.train import train
+
+    with pytest.raises(ValueError, match="is a model file .* init_from="):
+        train(make_cfg("experiment=supervised_toy", f"ckpt_path={tmp_path / 'shared' / 'model.pt'}"))
 
 
 def test_resume_from_a_run_dir_whose_last_checkpoint_is_truncated(tiny_run, tmp_path, make_cfg, caplog):
