@@ -33,14 +33,17 @@ test: $(STAMP) ## the fast test suite (no slow, no gpu)
 test-full: $(STAMP) ## every CPU test, slow ones included
 	$(PY) -m pytest -m "not gpu" -q
 
-demo: $(STAMP) ## the main job on the embedded default: mouse frames + toy few-shot, prints metrics and a picture path
+demo: $(STAMP) ## the main jobs on embedded data: mouse frames; toy few-shot/zero-shot from the shipped starting point
 	$(PY) -m clamp_pl.demo
+
+pretrain-toy: $(STAMP) ## retrain the demo's starting point (~30-40 min on 2 cores) into clamp_pl/resources/toy_pretrained/
+	$(PY) scripts/pretrain_toy.py $(ARGS)
 
 train: $(STAMP) ## train; pass arguments with ARGS="experiment=fewshot_toy trainer.max_epochs=5"
 	$(PY) -m clamp_pl.train $(ARGS)
 
-sweep: $(STAMP) ## the toy few-shot sweep (shots x seeds) and its aggregated table
-	$(PY) -m clamp_pl.train -m experiment=fewshot_toy protocol.shots=5,20 seed=1,2 $(ARGS)
+sweep: $(STAMP) ## toy few-shot on the unseen family (shots x seeds, from the starting point and from scratch), aggregated
+	$(PY) -m clamp_pl.train -m experiment=fewshot_unseen_toy,fewshot_unseen_scratch_toy protocol.shots=5,20 seed=1,2 $(ARGS)
 	$(PY) -m clamp_pl.aggregate --latest logs/train/multiruns
 
 bench: $(STAMP) ## CPU benchmarks -> docs/benchmarks.md and docs/benchmarks.json
@@ -63,4 +66,4 @@ clean: ## remove caches and build leftovers (keeps .venv and logs)
 clean-logs: ## remove training logs and outputs
 	rm -rf logs/ outputs/ multirun/ wandb/
 
-.PHONY: help install test test-full demo train sweep bench bench-gpu lint format clean clean-logs
+.PHONY: help install test test-full demo pretrain-toy train sweep bench bench-gpu lint format clean clean-logs
