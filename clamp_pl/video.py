@@ -227,8 +227,10 @@ def run_video_prediction(
             ...) for the ``_filtered`` files; None = none written.
 
     Returns:
-        ``{"frames", "instances", "reacquired" (frame indices), "seconds" (prediction time), "ms_per_frame",
-        "fps", "predictions", "boxes_csv", "csv", "h5", "filtered_csv", "filtered_h5", "video"}``.
+        ``{"frames", "instances", "reacquired" (frame indices), "searched" (frames searched when following),
+        "boxes_predicted" (crops, flip test not counted), "seconds" (prediction time, decoding and writing
+        excluded), "ms_per_frame", "fps", "predictions", "boxes_csv", "csv", "h5", "filtered_csv", "filtered_h5",
+        "video"}``.
     """
     if track not in TRACK_MODES:
         raise ValueError(f"track must be one of {TRACK_MODES}, got {track!r}")
@@ -244,25 +246,34 @@ def run_video_prediction(
         total = min(total, max_frames)
     out = _Outputs(est, video, output_dir, fps, frame_step, category_id, score_threshold, visualize)
     reacquired: list[int] = []
+    searched = boxes_predicted = 0
     seconds = 0.0
     frames = iter_frames(video, frame_step, max_frames)
     try:
         with tqdm(total=total, desc=video.name, unit="frame", dynamic_ncols=True) as bar:
             if track == "follow":
-                def predict_boxes(frame: np.ndarray, boxes: list[list[float]]) -> list[dict[str, Any]]:
-                    return est.predict([frame], [boxes], flip_test=flip_test, batch_size=batch_size)[0]
+                def predict_boxes(frame: np.ndarray, boxes: list[list[float]], flip: bool = flip_test
+                                  ) -> list[dict[str, Any]]:
+                    return est.predict([frame], [boxes], flip_test=flip, batch_size=batch_size)[0]
+
+                def rank_boxes(frame: np.ndarray, boxes: list[list[float]]) -> list[dict[str, Any]]:
+                    # the many candidates of a search are only ranked: no flip test (half the passes)
+                    return predict_boxes(frame, boxes, flip=False)
 
                 def candidates(frame: np.ndarray) -> list[list[float]]:
                     return [d["bbox"] for d in detector([frame])[0]] if detector is not None else []
 
                 w_in, h_in = est.meta["input_size"]
-                follower = Follower(predict_boxes, w_in / h_in, follow, candidates if detector else None)
+                follower = Follower(predict_boxes, w_in / h_in, follow, candidates if detector else None,
+                                    search_predict=rank_boxes if flip_test else None)
                 for index, frame in frames:
                     start = time.perf_counter()
                     step = follower.step(frame)
                     seconds += time.perf_counter() - start
                     if step.reacquired:
                         reacquired.append(index)
+                    searched += step.searched
+                    boxes_predicted += step.candidates
                     out.add(index, frame, [step.instance], step.reacquired)
                     bar.update(1)
             else:
@@ -279,6 +290,7 @@ def run_video_prediction(
                         boxes = None
                     preds = est.predict(images, boxes, flip_test=flip_test, batch_size=batch_size)
                     seconds += time.perf_counter() - start
+                    boxes_predicted += sum(len(p) for p in preds)
                     for (index, frame), instances in zip(batch, preds):
                         out.add(index, frame, instances)
                     bar.update(len(batch))
@@ -287,5 +299,6 @@ def run_video_prediction(
     multi = track == "none" and (detections is not None or detector is not None)
     files = out.write(multi, scorer, smoothing)
     n = len(out.index)
-    return {"frames": n, "instances": len(out.results), "reacquired": reacquired, "seconds": seconds,
-            "ms_per_frame": 1000.0 * seconds / max(n, 1), "fps": fps, **files}
+    return {"frames": n, "instances": len(out.results), "reacquired": reacquired, "searched": searched,
+            "boxes_predicted": boxes_predicted, "seconds": seconds, "ms_per_frame": 1000.0 * seconds / max(n, 1),
+            "fps": fps, **files}

@@ -113,12 +113,15 @@ def main() -> None:
     for name, track in (("whole-frame", "none"), ("follow", "follow")):
         s = run_video_prediction(est, video, out / name, track=track, follow=follow, flip_test=flip, visualize=True)
         pred = keypoints_of(s["predictions"], n, k)
-        extra = {"reacquired_frames": s["reacquired"]} if track == "follow" else {}
+        extra = {"boxes_per_frame": s["boxes_predicted"] / n}
+        if track == "follow":
+            extra.update(reacquired_frames=s["reacquired"], searched_frames=s["searched"])
         score(name, pred, s["seconds"], **extra)
 
     start = time.perf_counter()
     res = est.predict(decoded, [[b.tolist()] for b in boxes], flip_test=flip)
-    score("label boxes", np.stack([r[0]["keypoints"] for r in res]), time.perf_counter() - start)
+    score("label boxes", np.stack([r[0]["keypoints"] for r in res]), time.perf_counter() - start,
+          boxes_per_frame=1.0)
 
     results_file = Path(args.run) / "results.json"
     run_pck = json.loads(results_file.read_text()).get("test/PCK@0.1") if results_file.is_file() else None
@@ -129,13 +132,13 @@ def main() -> None:
     crop = rows["label boxes"]
     print(f"{n} frames {w}x{h}, torch threads {torch.get_num_threads()}, flip test {flip}; run's test/PCK@0.1: "
           f"{run_pck}")
-    print(f"{'boxes':12s} {'PCK@0.1 all':>12s} {'PCK@0.1 test':>13s} {'vs label boxes':>15s} {'ms/frame':>9s}  "
-          "re-acquired frames")
+    print(f"{'boxes':12s} {'PCK@0.1 all':>12s} {'PCK@0.1 test':>13s} {'vs label boxes':>15s} {'ms/frame':>9s} "
+          f"{'crops/frame':>12s}  re-acquired frames")
     for name, r in rows.items():
         ratio = r["PCK@0.1 all"] / crop["PCK@0.1 all"] if crop["PCK@0.1 all"] else float("nan")
         re = r.get("reacquired_frames")
         print(f"{name:12s} {r['PCK@0.1 all']:12.3f} {r['PCK@0.1 test']:13.3f} {ratio:15.2f} "
-              f"{r['ms_per_frame']:9.1f}  {'' if re is None else f'{len(re)}: {re[:12]}'}")
+              f"{r['ms_per_frame']:9.1f} {r['boxes_per_frame']:12.2f}  {'' if re is None else f'{len(re)}: {re[:12]}'}")
     print(f"written: {out / 'tracking.json'}")
 
 
