@@ -1,4 +1,4 @@
-"""Issue #4: ``PoseLitModule`` — optimiser parameter groups, the warm-up + multi-step schedule, flip test, the text
+"""``PoseLitModule`` — optimiser parameter groups, the warm-up + multi-step schedule, flip test, the text
 tower's cost in validation, and (slow) that the whole thing learns: clamp_tiny overfits two real AP-10K images."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue #9 "Reliability": exact resume, preemption by SIGTERM/SIGUSR1, non-finite losses, a bad COCO record end to
+"""Reliability: exact resume, preemption by SIGTERM/SIGUSR1, non-finite losses, a bad COCO record end to
 end. Runs are the toy set with the tiny CLIP on CPU, cut to two 4-image batches per epoch."""
 
 from __future__ import annotations

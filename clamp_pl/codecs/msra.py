@@ -191,7 +191,7 @@ def peak_cells(
     ``(sx, sy) = input_size / grid_size``, flattened to ``row * gw + col``; the weight is 1 for a labelled
     keypoint inside the input (0 <= x < W, 0 <= y < H), else 0.
 
-    This fixes the official CLAMP target (spec section 9, Q2): it drew a sigma = 0.5 Gaussian with mmpose's
+    This fixes the official CLAMP target: it drew a sigma = 0.5 Gaussian with mmpose's
     integer truncation of a non-integer window, which puts the peak one cell too far for grid index 0 or 1 and,
     for keypoints rounding to index ``gw`` (x >= 248 px at 256/16), leaves no cell at all while keeping weight 1
     (the pooled feature is then zero). Here every weighted keypoint has exactly one in-grid cell.
