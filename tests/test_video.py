@@ -14,6 +14,7 @@ import pytest
 
 from clamp_pl.api import load_model
 from clamp_pl.predict import predict
+from clamp_pl.tracking import grid_boxes
 from clamp_pl.video import VideoReadError, iter_batches, iter_frames, run_video_prediction
 
 pd = pytest.importorskip("pandas")
@@ -147,6 +148,19 @@ def test_detector_boxes_every_frame(tiny_run, video, tmp_path):
     preds = json.loads((tmp_path / "predictions.json").read_text())
     assert len(preds) == N_FRAMES and all(p["bbox"] == [20.0, 10.0, 60.0, 50.0] for p in preds)
     assert pd.read_csv(summary["csv"], header=[0, 1, 2, 3], index_col=0).shape == (N_FRAMES, 51)
+
+
+def test_follow_searches_with_the_detector(tiny_run, video, tmp_path):  # noqa: F811
+    est = load_model(tiny_run, device="cpu")
+    det = _StubDetector()
+    summary = run_video_prediction(est, video, tmp_path, track="follow", detector=det, visualize=False)
+    assert det.calls == summary["searched"] >= 1  # asked only when following searched
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert preds[0]["reacquired"] and len(preds) == N_FRAMES
+    # at most 5 crops a frame (followed, recentred, detector's box, it again with flip test, refined): the
+    # coarse grid, which is not used, alone has more
+    _, frame = next(iter_frames(video))
+    assert summary["boxes_predicted"] <= 5 * N_FRAMES < len(grid_boxes(frame.shape[1], frame.shape[0]))
 
 
 def test_follow_rejects_a_boxes_file_and_unknown_modes(tiny_run, video, tmp_path):
