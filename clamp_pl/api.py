@@ -263,21 +263,14 @@ def coco_result(instance: dict[str, Any], image_id: Any, default_category_id: in
             "bbox": [round(v, 2) for v in instance["bbox"]]}
 
 
-def load_model(path: str | Path, device: str | torch.device | None = None,
-               normalization: str | None = None) -> PoseEstimator:
+def load_model(path: str | Path, device: str | torch.device | None = None) -> PoseEstimator:
     """A ready :class:`PoseEstimator` from a run dir (its best checkpoint that loads), a Lightning ``.ckpt`` or a
-    model file (:func:`clamp_pl.checkpoint.save_model_file`). Read with ``weights_only=True``; the network is
-    built from the spec and nothing is downloaded.
-
-    ``normalization``: only a check (the spec decides): a name other than the spec's is an error.
-    """
+    model file (:func:`clamp_pl.checkpoint.save_model_file`). Read with ``weights_only=True``; the network, its
+    codec and preprocessing are built from the spec, and nothing is downloaded."""
     file = resolve_checkpoint(path, prefer="best")
     if file is None:
         raise FileNotFoundError("load_model: no checkpoint path given")
     spec, state = load_checkpoint(file)
-    if normalization is not None and normalization != spec.normalization:
-        raise ValueError(f"normalization={normalization!r} but {file} was trained with {spec.normalization!r} "
-                         "(the model spec's preprocessing is used; leave normalization unset)")
     net = spec.build_network()
     net.load_state_dict(state)
     log.info("loaded %s (%d keypoints, %dx%d input, %s normalisation)", file, spec.num_keypoints,
