@@ -45,6 +45,6 @@ def test_conclusion_states_the_numbers():
 
     text = conclusion({"fewshot_pretrained": job(0.45), "fewshot_scratch": job(0.05), "zeroshot": job(0.30),
                        "_total": {"seconds": 200.0}})
-    assert "0.450" in text and "0.050" in text and "9.0x" in text and "0.300" in text and "200 s" in text
+    assert "0.450" in text and "0.050" in text and "(9.0x)" in text and "0.300" in text and "200 s" in text
     # a zero from scratch: no division
     assert "0.000" in conclusion({"fewshot_pretrained": job(0.45), "fewshot_scratch": job(0.0)})

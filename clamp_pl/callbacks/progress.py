@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # Lightning's check at the start of training (fit_loop._warn_if_modules_in_eval_mode)
 _EVAL_MODE_WARNING = r"Found \d+ module\(s\) in eval mode at the start of training"
+_EXPLAINED: set[tuple[int, tuple[str, ...]]] = set()
 
 
 class RichProgressBar(_LightningRichProgressBar):
@@ -86,7 +87,9 @@ class ModelSummary(_LightningModelSummary):
         if not roots or not frozen:
             return
         n = sum(1 for _, m in pl_module.named_modules() if not m.training)
-        if trainer.is_global_zero:
+        said = (n, tuple(roots))
+        if trainer.is_global_zero and said not in _EXPLAINED:  # once per process (the demo fits several times)
+            _EXPLAINED.add(said)
             log.info("%d modules are in eval mode by design: %s (frozen, no trainable parameters)", n,
                      ", ".join(roots))
         self._quiet = warnings.catch_warnings()

@@ -13,6 +13,7 @@ from test_pose_module import RandomPoseData, make_module
 from torch import nn
 from torch.utils.data import DataLoader
 
+from clamp_pl.callbacks import progress
 from clamp_pl.callbacks.progress import ModelSummary, RichProgressBar, frozen_eval_modules
 
 
@@ -56,7 +57,8 @@ def _fit_with_summary(module: pl.LightningModule, caplog: pytest.LogCaptureFixtu
     return [str(w.message) for w in caught if "in eval mode" in str(w.message)]
 
 
-def test_summary_plain_off_terminal_and_frozen_eval_modules_explained(caplog):
+def test_summary_plain_off_terminal_and_frozen_eval_modules_explained(caplog, monkeypatch):
+    monkeypatch.setattr(progress, "_EXPLAINED", set())  # explained once per process: not yet in this one
     module = make_module()
     assert frozen_eval_modules(module) == (["net.prompt_learner.text_tower"], True)
     with caplog.at_level(logging.INFO):
