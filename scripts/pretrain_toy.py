@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         from clamp_pl.train import train
 
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        run_dir = project_root() / "logs" / "pretrain_toy" / stamp
+        log_dir = compose_config("train", overrides, project_root()).paths.log_dir
+        run_dir = Path(log_dir) / "pretrain_toy" / stamp
         cfg = compose_config("train", [*overrides, "extras.print_config=false"], run_dir)
         made = {"command": " ".join(["python scripts/pretrain_toy.py", *args.overrides]), "code": git_commit(),
                 "load_average_at_start": round(os.getloadavg()[0], 2)}
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
         "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "metrics": measure_pretrained(args.out),
+        # measured on the data the run used (paths./data. overrides), e.g. a smaller toy set in a test
+        "metrics": measure_pretrained(args.out, [o for o in overrides if o.lstrip("+").startswith(("paths.", "data."))]),
     }
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))

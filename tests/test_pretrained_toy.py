@@ -4,7 +4,9 @@ as a model file, is small, names no folder of the machine that made it, and stil
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +40,24 @@ def test_shipped_file_scores_its_recorded_metrics(tmp_path):
     for name, recorded in RECORD["metrics"].items():
         for key in RECORDED:
             assert measured[name][key] == pytest.approx(recorded[key], abs=2e-3), (name, key)
+
+
+@pytest.mark.slow
+def test_script_trains_converts_and_records(tmp_path):
+    """scripts/pretrain_toy.py end to end, on a tiny toy set and two training batches."""
+    spec = importlib.util.spec_from_file_location("pretrain_toy", Path(__file__).parents[1] / "scripts" / "pretrain_toy.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "model.pt"
+    script.main(["--out", str(out), "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                 "trainer.check_val_every_n_epoch=1", f"paths.data_dir={tmp_path / 'data'}",
+                 f"paths.log_dir={tmp_path / 'logs'}", "data.n_train=24", "data.n_val=24", "data.n_test=48",
+                 "data.num_workers=0", "data.persistent_workers=false", "trainer.enable_progress_bar=false",
+                 "callbacks.rich_progress_bar=null"])
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["command"].startswith("python scripts/pretrain_toy.py") and record["train_seconds"] > 0
+    assert record["seed"] == 0 and record["data"]["n_train"] == 24 and record["epochs"] == 1
+    assert set(record["metrics"]) == set(PRETRAINED_EVALS) and record["bytes"] == out.stat().st_size
+    spec, state = load_checkpoint(out)
+    spec.build_network().load_state_dict(state)
+    assert list((tmp_path / "logs" / "pretrain_toy").iterdir())  # the training run's own dir
