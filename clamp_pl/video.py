@@ -25,7 +25,8 @@ Outputs (``output_dir``):
 * ``<stem>_<scorer>_filtered.csv`` (``.h5``) with ``smoothing``: the same, smoothed over frames;
 * ``<stem>_boxes.csv``: per frame and instance ``frame, time_s, instance, box_x, box_y, box_w, box_h, score,
   reacquired`` (``reacquired`` = 1 where following searched the frame and took the box found);
-* with ``visualize``, ``<stem>_pose.mp4`` (the frames read, boxes and skeletons drawn, at ``fps / frame_step``).
+* with ``visualize``, ``<stem>_pose.mp4`` (the frames read, boxes and skeletons drawn, at ``fps / frame_step``;
+  the boxes of re-acquired frames in amber, the others white).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ log = logging.getLogger("clamp_pl")
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv")
 TRACK_MODES = ("none", "follow")
+#: box colour (RGB) of the frames where following searched and re-acquired the animal, in ``<stem>_pose.mp4``
+REACQUIRED_COLOR = (255, 200, 0)
 
 
 class VideoReadError(ValueError):
@@ -173,7 +176,8 @@ class _Outputs:
                 if not self.writer.isOpened():
                     raise RuntimeError(f"{self.vis_path}: OpenCV cannot write mp4v video here "
                                        "(visualize=false skips it)")
-            drawn = draw_instances(frame, instances, self.est.meta["skeleton"], self.score_threshold)
+            drawn = draw_instances(frame, instances, self.est.meta["skeleton"], self.score_threshold,
+                                   REACQUIRED_COLOR if reacquired else (255, 255, 255))
             self.writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
     def close(self) -> None:

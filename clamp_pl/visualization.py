@@ -61,15 +61,17 @@ def draw_pose(
 
 
 def draw_instances(
-    image: np.ndarray, instances: Sequence[dict], skeleton: Sequence[Sequence[int]] = (), threshold: float = 0.3
+    image: np.ndarray, instances: Sequence[dict], skeleton: Sequence[Sequence[int]] = (), threshold: float = 0.3,
+    box_color: tuple[int, int, int] = (255, 255, 255),
 ) -> np.ndarray:
-    """Boxes (white) and skeletons of :meth:`clamp_pl.api.PoseEstimator.predict` instances (``bbox``
-    ``[x, y, w, h]``, ``keypoints`` ``[K, 2]``, ``scores`` ``[K]``) on a copy of an RGB image."""
+    """Boxes (``box_color``, RGB; white by default) and skeletons of :meth:`clamp_pl.api.PoseEstimator.predict`
+    instances (``bbox`` ``[x, y, w, h]``, ``keypoints`` ``[K, 2]``, ``scores`` ``[K]``) on a copy of an RGB
+    image."""
     out = np.ascontiguousarray(image.copy())
     thick = max(1, round(max(image.shape[:2]) / 400))
     for inst in instances:
         x, y, w, h = (int(round(v)) for v in inst["bbox"])
-        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 255, 255), thick, cv2.LINE_AA)
+        cv2.rectangle(out, (x, y), (x + w, y + h), box_color, thick, cv2.LINE_AA)
         out = draw_pose(out, inst["keypoints"], inst["scores"], skeleton, threshold=threshold)
     return out
 

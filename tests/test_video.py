@@ -169,3 +169,16 @@ def test_follow_rejects_a_boxes_file_and_unknown_modes(tiny_run, video, tmp_path
         run_video_prediction(est, video, tmp_path, track="follow", detections=[])
     with pytest.raises(ValueError, match="track must be one of"):
         run_video_prediction(est, video, tmp_path, track="sort")
+
+
+def test_reacquired_boxes_are_drawn_in_their_colour():
+    from clamp_pl.video import REACQUIRED_COLOR
+    from clamp_pl.visualization import draw_instances
+
+    inst = {"bbox": [10.0, 10.0, 30.0, 20.0], "keypoints": np.full((2, 2), 20.0, np.float32),
+            "scores": np.zeros(2, np.float32)}
+    img = np.zeros((50, 60, 3), np.uint8)
+    white = draw_instances(img, [inst])[10, 25].astype(float)  # top edge of the box (anti-aliased)
+    amber = draw_instances(img, [inst], box_color=REACQUIRED_COLOR)[10, 25].astype(float)
+    assert white.min() > 200 and np.ptp(white) == 0
+    np.testing.assert_allclose(amber / amber[0], np.array(REACQUIRED_COLOR) / REACQUIRED_COLOR[0], atol=0.02)
