@@ -9,9 +9,9 @@ previous box's (``smoothing``) and changes by at most ``max_resize`` per frame, 
 unseen keypoints neither collapse nor blow it up.
 
 When the frame's mean keypoint score drops below ``score_threshold`` (the animal left the box, or the box
-drifted) the animal is searched for again in that frame: every candidate box (a coarse grid of overlapping boxes at a few
-sizes plus the whole frame, or a detector's boxes) is predicted in one batch, the best-scoring instance wins and
-is refined once from its own keypoints. The mean over all keypoints ranks boxes rather than the rescored
+drifted) the animal is searched for again in that frame: every candidate box (a coarse grid of overlapping boxes
+at a few sizes plus the whole frame, or a detector's boxes) is predicted in one batch, the best-scoring instance
+wins and is refined once from its own keypoints. The mean over all keypoints ranks boxes rather than the rescored
 instance ``score`` (which averages only keypoints above 0.2, so one spurious confident keypoint in an empty box
 rates as high as a whole animal). The first frame is always a search. Frames whose box came from a search
 are reported as *re-acquired*.
@@ -97,7 +97,8 @@ class FollowStep:
         reacquired: the box came from a search (first frame, or the followed box scored below the threshold
             and a candidate scored better).
         searched: a search ran on this frame (it may have found nothing better than the followed box).
-        candidates: number of boxes predicted in this frame (1 when following, more when searching).
+        candidates: number of boxes predicted in this frame (1 when following, 2 when recentred, more when
+            searching).
     """
 
     instance: Instance
@@ -222,7 +223,7 @@ class Follower:
         if self.search_predict is not self.predict:  # the winner as the followed boxes are predicted
             best = self.predict(frame, [list(map(float, winner["bbox"]))])[0]
             n += 1
-        refined = self._next_box(best, self._remember(best, None))
+        refined = self._next_box(self._remember(best, None))
         if refined is not None:
             again = self.predict(frame, [refined.tolist()])[0]
             n += 1
@@ -236,7 +237,7 @@ class Follower:
         shift = self.config.refine_shift
         if shift is None or self.box is None:
             return None
-        box = self._next_box(inst, self._remember(inst, self._memory))
+        box = self._next_box(self._remember(inst, self._memory))
         if box is None:
             return None
         moved = np.linalg.norm((box[:2] + box[2:] / 2) - (self.box[:2] + self.box[2:] / 2))
@@ -265,7 +266,7 @@ class Follower:
         mem[ok] = kpts[ok]
         return mem
 
-    def _next_box(self, inst: Instance, memory: np.ndarray) -> np.ndarray | None:
+    def _next_box(self, memory: np.ndarray) -> np.ndarray | None:
         """The box (aspect fixed) around the remembered keypoints, or None when fewer than ``min_keypoints`` are
         known."""
         cfg = self.config
@@ -279,7 +280,7 @@ class Follower:
             self.box, self._memory = None, None  # nothing to follow: search the next frame from scratch
             return
         memory = self._remember(inst, None if reset else self._memory)
-        new = self._next_box(inst, memory)
+        new = self._next_box(memory)
         if new is None:
             new = np.asarray(inst["bbox"], dtype=np.float64)  # too few points to measure: stay
         self._memory = memory
