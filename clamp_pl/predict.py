@@ -10,9 +10,10 @@ wildcard). A video file (:data:`clamp_pl.video.VIDEO_SUFFIXES`) is predicted fra
 Boxes: without ``boxes`` or a detector each image gets one whole-image box ``[0, 0, W, H]`` (score 1,
 ``category_id`` from the config). A detector (``detector.enabled=true`` with ``detector.weights=<file>`` or
 ``detector.download=true``: :mod:`clamp_pl.detector`) finds the animals of every image; each of its boxes scoring
-at least ``detector.score_threshold`` is predicted, and its class is written as ``label``. With ``boxes`` the file is a COCO detections list ``[{"image_id", "bbox": [x, y, w, h], "score",
-"category_id"?}, ...]`` or a COCO dict with ``"annotations"`` (and optionally ``"images"``); detections below
-``box_threshold`` and boxes without area are ignored. Detections are matched to files by this rule:
+at least ``detector.score_threshold`` is predicted, and its class is written as ``label``. With ``boxes`` the
+file is a COCO detections list ``[{"image_id", "bbox": [x, y, w, h], "score", "category_id"?}, ...]`` or a COCO
+dict with ``"annotations"`` (and optionally ``"images"``); detections below ``box_threshold`` and boxes without
+area are ignored. Detections are matched to files by this rule:
 
 1. if an images list is available (the ``"images"`` of the boxes file, or the COCO json ``image_list``), an
    ``image_id`` names its ``file_name``, which matches an input file by its path relative to the input folder,
@@ -27,8 +28,8 @@ Outputs (``output_dir``, by default this command's run dir): ``predictions.json`
 mean keypoint score above 0.2), ``predictions_<scorer>.csv`` (and ``.h5``; DeepLabCut's layout, one row per
 image indexed by its relative path, :mod:`clamp_pl.pose_io`; multi-animal with boxes or a detector),
 ``vis/<relative path>.jpg`` (skeletons; keypoints at or below ``score_threshold`` are not drawn) and, when some
-images could not be read, ``errors.json``. An unreadable image is reported (the message
-names the file) and skipped; the command fails only when the input does not exist or every image failed.
+images could not be read, ``errors.json``. An unreadable image is reported (the message names the file) and
+skipped; the command fails only when the input does not exist or every image failed.
 The ``image_id`` of an output is the detection's; without boxes it is the stem's integer value when every stem
 is a distinct integer, else the file's position in the sorted list.
 """
