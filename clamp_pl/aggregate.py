@@ -18,6 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from clamp_pl.utils.config import register_resolvers
+
 DEFAULT_METRICS = ("test/AP", "test/AP50", "test/AP75", "test/AR", "test/PCK@0.1")
 KEY_COLUMNS = ("dataset", "protocol", "shots", "taxa", "held_out", "model", "init")
 
@@ -39,6 +41,9 @@ def _job_key(cfg) -> dict[str, str]:
         # the starting point: a checkpoint's file name (its run dir's name), or from scratch
         "init": Path(str(init)).name if init else "scratch",
     }
+
+
+register_resolvers()  # a job's init_from may name a file under ${paths.root_dir} (the clamp_root resolver)
 
 
 def collect(root: Path) -> tuple[list[dict], list[Path]]:

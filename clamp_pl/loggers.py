@@ -12,6 +12,11 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 
 class _AppendingWriter(ExperimentWriter):
+    def _check_log_dir_exists(self) -> None:
+        # Lightning's writer warns about a non-empty folder and deletes metrics.csv here: the run dir always holds
+        # Hydra's files (a false warning every run), and the earlier rows are what this writer keeps
+        pass
+
     def _record_new_keys(self) -> set[str]:
         if not self.metrics_keys and self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as fh:

@@ -46,8 +46,10 @@ def test_means_and_stds_over_seeds(tmp_path, capsys):
 
 
 def test_starting_point_and_fewshot_taxa_are_columns(tmp_path):
-    for i, (init, seed, ap) in enumerate([(None, 1, 0.1), (None, 2, 0.2), ("/x/pre.pt", 1, 0.5), ("/x/pre.pt", 2, 0.7)]):
-        _job(tmp_path, f"{i}_job", 5, seed, ap, init_from=init, protocol={"families": ["Equidae"]})
+    pre = "${paths.root_dir}/x/pre.pt"  # as a job's .hydra/config.yaml holds it: unresolved
+    for i, (init, seed, ap) in enumerate([(None, 1, 0.1), (None, 2, 0.2), (pre, 1, 0.5), (pre, 2, 0.7)]):
+        _job(tmp_path, f"{i}_job", 5, seed, ap, init_from=init, protocol={"families": ["Equidae"]},
+             paths={"root_dir": "${oc.env:PROJECT_ROOT,${clamp_root:}}"})
     rows, _ = collect(tmp_path)
     table = aggregate(rows, ["test/AP"])
     assert [(r["init"], r["taxa"], r["seeds"]) for r in table] == [("pre.pt", "Equidae", 2), ("scratch", "Equidae", 2)]
