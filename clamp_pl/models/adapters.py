@@ -1,4 +1,4 @@
-"""Prompt refinement modules (CLAMP §1.4-1.5).
+"""Prompt refinement modules: the prompt encoder and the context decoder.
 
 * ``PromptEncoder``: one CLIP residual block over the K prompt embeddings (self-attention among keypoints),
   no positional embedding (permutation-equivariant), then a LayerNorm. The official module also declares a

@@ -1,4 +1,4 @@
-"""The CLAMP network (CLAMP §1): CLIP towers + learnable prompts + prompt refinement + score-map fusion.
+"""The CLAMP network: CLIP towers + learnable prompts + prompt refinement + score-map fusion.
 
 Image-only baseline: ``text_branch=False`` keeps the same image tower and keypoint head and drops everything
 text-related (no prompts, no score maps; the keypoint head sees only the backbone map). Its image tower skips the
@@ -61,7 +61,7 @@ class CLAMP(nn.Module):
 
     ``heatmap_size`` is (w, h) and must equal the feature grid times 2**num_deconv (also for the upsampler).
 
-    Ablation switches (spec §7): ``text_branch``, ``prompt_encoder``, ``context_decoder`` (no gamma either),
+    Ablation switches: ``text_branch``, ``prompt_encoder``, ``context_decoder`` (no gamma either),
     ``score_concat`` (score maps not fed to the keypoint head), ``spatial_head`` (no upsampler: use it when the
     spatial loss weight is 0, so that DDP sees no unused parameters), ``n_ctx``. With a feature-loss weight of 0
     the logit scale gets no gradient: freeze it (``requires_grad_(False)``) under DDP.

@@ -1,4 +1,4 @@
-"""open_clip towers adapted for dense prediction (CLAMP §1.2-1.3).
+"""open_clip towers adapted for dense prediction.
 
 Any open_clip model with a ``ModifiedResNet`` (RN50, RN101, ...) or a class-token ``VisionTransformer``
 (ViT-B-16, ViT-L-14, ...) image tower and a CLIP text transformer can be used. Weights come from

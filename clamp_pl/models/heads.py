@@ -1,4 +1,4 @@
-"""Deconvolution heads (mmpose ``TopdownHeatmapSimpleHead``; CLAMP §1.7)."""
+"""Deconvolution heads (mmpose ``TopdownHeatmapSimpleHead``): the keypoint head and the score-map upsampler."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class UpsampleHead(nn.Module):
     """Upsampler of the K score maps for the spatial loss (official ``upconv_head``).
 
     Same layout as ``HeatmapHead`` with ``channels`` filters (default K: CLAMP ViT uses 2 deconvs with K
-    filters, RN50 3 with 256), keeping PyTorch's default init like the official code (spec Q5).
+    filters, RN50 3 with 256), keeping PyTorch's default init: the official code never initialises it.
     ``forward(s [B,K,h,w]) -> [B,K,h*2^n,w*2^n]``.
     """
 

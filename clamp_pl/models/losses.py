@@ -1,4 +1,4 @@
-"""CLAMP losses (CLAMP §2): heatmap MSE, spatial MSE on the upsampled score maps, feature-level InfoNCE."""
+"""CLAMP losses: heatmap MSE, spatial MSE on the upsampled score maps, feature-level InfoNCE."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def feature_contrastive(
     peak_weights: torch.Tensor,
     logit_scale: torch.Tensor,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE between keypoint pixel embeddings and the prompts of the same instance (CLAMP §2.3).
+    """Symmetric InfoNCE between keypoint pixel embeddings and the prompts of the same instance.
 
     Args:
         pixel_emb: [B,D,gh,gw] dense image embeddings.
@@ -36,7 +36,7 @@ def feature_contrastive(
     v_bk = pixel_emb[b, :, peak_index[b, k]] (a zero vector where the weight is 0, as in the official code, where
     such keypoints have no peak cell); logits z_bkj = tau * cos(v_bk, t_bj). Loss
     ``0.5 * (mean_bk w_bk CE(z_bk., k) + mean_bk w_bk CE(z_b.k, k))``: negatives are the other keypoints of the
-    same instance; the means run over all B*K entries, without renormalising by the weights (spec Q9).
+    same instance; the means run over all B*K entries, without renormalising by the weights (as the official code).
     """
     b, d = pixel_emb.shape[:2]
     k = prompt_emb.shape[1]

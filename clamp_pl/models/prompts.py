@@ -1,4 +1,4 @@
-"""CoOp-style learnable prompts for keypoint names (CLAMP §1.3).
+"""CoOp-style learnable prompts for keypoint names.
 
 Each keypoint name becomes ``[SOT] [ctx_1 .. ctx_n] [name BPE tokens] [EOT] [pad ..]``: ``n_ctx`` context
 vectors shared by all keypoints, inserted right after SOT, then the frozen CLIP text tower, read out at EOT.
