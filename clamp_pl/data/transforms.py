@@ -13,8 +13,9 @@ half-body step (``shift_mode="sample"``, mmpose 1.x) or once per instance for th
 on the warped crop. Validation/test: centre/scale + warp only.
 
 Speed (``reduced_decode``, off by default): a JPEG whose crop is shrunk by >= 2x (4x) is decoded at half (quarter)
-resolution by libjpeg (``cv2.IMREAD_REDUCED_COLOR_2/4``), which is several times faster and also anti-aliases the
-down-sampling, so the pixels differ from a full decode + bilinear warp (CLAMP's).
+resolution by libjpeg (``cv2.IMREAD_REDUCED_COLOR_2/4``): a faster decode (a training sample of an AP-10K-sized
+photo ~1.1x faster in all, ``scripts/benchmark.py`` data case) that also anti-aliases the down-sampling, so the
+pixels differ from a full decode + bilinear warp (CLAMP's).
 """
 
 from __future__ import annotations
@@ -403,8 +404,8 @@ class TopDownTransform:
         normalization: ``"imagenet"`` (CLAMP) or ``"clip"``, or a pair (mean, std) of RGB triples on the [0, 1]
             scale (a model spec's).
         reduced_decode: decode JPEGs at 1/2 or 1/4 resolution when the crop is shrunk at least that much
-            (several times faster; it changes pixels: libjpeg's DCT scaling anti-aliases the down-sampling that
-            a full decode + bilinear warp aliases). CLAMP decodes in full.
+            (faster; it changes pixels: libjpeg's DCT scaling anti-aliases the down-sampling that a full decode
+            + bilinear warp aliases). CLAMP decodes in full.
         padding: box padding (1.25).
     """
 
