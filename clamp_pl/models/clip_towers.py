@@ -179,12 +179,15 @@ def build_clip(
             state_dict, _ = read_checkpoint(path)
             default_qg = bool(tag_cfg.get("quick_gelu", default_qg))
     qg = default_qg if quick_gelu is None else bool(quick_gelu)
-    # open_clip is given pretrained=None (it cannot resize the RN attention pool), so silence its
-    # "initialized randomly" warning when the weights are loaded right after
-    quiet = _DropMessage("No pretrained weights loaded") if state_dict is not None else None
+    # open_clip is always given pretrained=None (it cannot resize the RN attention pool) and would warn
+    # "initialized randomly" on every build: either the weights are loaded right below, or random init is what
+    # the caller asked for (pretrained=None: the tiny configs, or a network about to be filled from a clamp_pl
+    # checkpoint), so the warning never says anything the config does not
+    quiet = _DropMessage("No pretrained weights loaded")
     root = logging.getLogger()
-    if quiet:
-        root.addFilter(quiet)
+    root.addFilter(quiet)
+    if state_dict is None:
+        log.debug("%s: random initialisation (pretrained=None)", name)
     extra = {}
     if text_heads is not None:
         width = cfg["text_cfg"]["width"]
@@ -196,8 +199,7 @@ def build_clip(
             name, pretrained=None, force_image_size=image_size, quick_gelu=qg, **extra
         )
     finally:
-        if quiet:
-            root.removeFilter(quiet)
+        root.removeFilter(quiet)
     if state_dict is not None:
         load_clip_weights(model, state_dict)
     return model

@@ -1,3 +1,4 @@
+import logging
 import warnings
 
 import open_clip
@@ -248,3 +249,13 @@ def test_token_mode_is_timm_drop_path_on_sequence_first_blocks():
     torch.manual_seed(0)
     ours = _DropPathHook(0.4, "token")(torch.nn.Identity(), (x,), x)
     torch.testing.assert_close(ours, official)
+
+
+def test_random_init_does_not_warn_on_every_build(caplog):
+    """pretrained=None is the caller's choice (tiny configs, networks about to be filled from a checkpoint):
+    open_clip's 'initialized randomly' warning would be printed by every run and every load_model."""
+    with caplog.at_level("WARNING"):
+        build_clip("clamp-tiny-rn", None, 64)
+    assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
+    # the filter is removed again: other root-logger warnings still pass
+    assert not any(f.__class__.__name__ == "_DropMessage" for f in logging.getLogger().filters)
