@@ -183,17 +183,17 @@ def build_clip(
     # "initialized randomly" on every build: either the weights are loaded right below, or random init is what
     # the caller asked for (pretrained=None: the tiny configs, or a network about to be filled from a clamp_pl
     # checkpoint), so the warning never says anything the config does not
-    quiet = _DropMessage("No pretrained weights loaded")
-    root = logging.getLogger()
-    root.addFilter(quiet)
-    if state_dict is None:
-        log.debug("%s: random initialisation (pretrained=None)", name)
     extra = {}
     if text_heads is not None:
         width = cfg["text_cfg"]["width"]
         if width % int(text_heads):
             raise ValueError(f"text_heads={text_heads} does not divide the text width {width} of {model_name}")
         extra["text_cfg"] = {**cfg["text_cfg"], "heads": int(text_heads)}
+    if state_dict is None:
+        log.debug("%s: random initialisation (pretrained=None)", name)
+    quiet = _DropMessage("No pretrained weights loaded")
+    root = logging.getLogger()
+    root.addFilter(quiet)
     try:
         model = open_clip.create_model(
             name, pretrained=None, force_image_size=image_size, quick_gelu=qg, **extra

@@ -254,6 +254,8 @@ def test_token_mode_is_timm_drop_path_on_sequence_first_blocks():
 def test_random_init_does_not_warn_on_every_build(caplog):
     """pretrained=None is the caller's choice (tiny configs, networks about to be filled from a checkpoint):
     open_clip's 'initialized randomly' warning would be printed by every run and every load_model."""
+    with pytest.raises(ValueError, match="text_heads"):  # a build that fails must not leave the filter behind
+        build_clip("clamp-tiny-rn", None, 64, text_heads=7)
     with caplog.at_level("WARNING"):
         build_clip("clamp-tiny-rn", None, 64)
     assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
