@@ -119,6 +119,7 @@ def test_drop_path_only_in_training():
     torch.manual_seed(0)
     clip = build_clip("clamp-tiny-vit", None, 64)
     plain = DenseImageTower("clamp-tiny-vit", None, 64, clip_model=clip)
+    assert not any(m._forward_hooks for m in plain.modules())  # rate 0: no hook, so no per-block cost
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         ref = plain.eval()(x)[2]

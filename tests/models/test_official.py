@@ -138,7 +138,7 @@ def test_mmpose_checkpoint_with_numpy_meta_loads_safely(tmp_path):
 def test_disallowed_pickled_type_is_refused_by_name(tmp_path, caplog):
     path = tmp_path / "odd.pth"
     torch.save(mmpose_checkpoint({"gamma": torch.zeros(2)}, args=argparse.Namespace(lr=1)), path)
-    with pytest.raises(UnsafeCheckpointError, match=r"refusing to unpickle argparse\.Namespace.*trust_checkpoint"):
+    with pytest.raises(UnsafeCheckpointError, match=r"odd\.pth: refusing to unpickle argparse\.Namespace.*trust_checkpoint"):
         load_checkpoint_file(path)
     with caplog.at_level("WARNING"):
         ckpt = load_checkpoint_file(path, trust_checkpoint=True)
