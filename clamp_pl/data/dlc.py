@@ -61,6 +61,7 @@ __all__ = [
     "summarize_split",
     "video_of",
     "write_coco_splits",
+    "write_conversion",
 ]
 
 log = logging.getLogger(__name__)
@@ -315,6 +316,23 @@ def summarize_split(splits: Mapping[str, dict], videos: Mapping[str, str]) -> di
     return out
 
 
+def write_conversion(
+    out_dir: Path, splits: Mapping[str, dict], image_video: Mapping[int, str], category: dict, info: dict, *,
+    img_root: Path, mode: str, seed: int, counts: Mapping[str, int], blocks: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Path]:
+    """A converter's output (DeepLabCut and SLEAP): the COCO files (:func:`write_coco_splits`) and ``split.json``
+    (mode, seed, frames per video, the non-empty held-out blocks, :func:`summarize_split`); returns
+    ``{"train": json, ["val": json,] ["test": json,] "images": img_root, "split": split.json}``."""
+    paths = write_coco_splits(out_dir, splits, category, info)
+    record = {"mode": mode, "seed": seed, "frames_per_video": dict(counts),
+              "blocks": {v: {k: list(b) for k, b in bl.items()} for v, bl in blocks.items() if bl},
+              "counts": summarize_split(splits, image_video)}
+    (out_dir / "split.json").write_text(json.dumps(record, indent=1) + "\n")
+    paths["images"] = img_root
+    paths["split"] = out_dir / "split.json"
+    return paths
+
+
 def instances_to_annotations(
     coords: np.ndarray, image_id: int, first_ann_id: int, size: tuple[int, int], margin: float, min_margin: float
 ) -> list[dict]:
@@ -454,14 +472,8 @@ def dlc_to_coco(
     if "train" not in splits:
         raise ValueError(f"the held-out blocks {dict(blocks)} leave no training frames")
     info = {"description": f"DeepLabCut labels of {root.name}", "source": [str(c) for c in csvs]}
-    paths = write_coco_splits(out_dir, splits, category, info)
-    record = {"mode": mode, "seed": seed, "frames_per_video": counts,
-              "blocks": {v: {k: list(b) for k, b in bl.items()} for v, bl in blocks.items() if bl},
-              "counts": summarize_split(splits, image_video)}
-    (out_dir / "split.json").write_text(json.dumps(record, indent=1) + "\n")
-    paths["images"] = img_root
-    paths["split"] = out_dir / "split.json"
-    return paths
+    return write_conversion(out_dir, splits, image_video, category, info, img_root=img_root, mode=mode, seed=seed,
+                            counts=counts, blocks=blocks)
 
 
 def ensure_mouse_openfield(root: str | Path) -> dict[str, Path]:

@@ -16,7 +16,6 @@ the labelled frames of each video in frame order; ``split.json`` records it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,7 @@ from clamp_pl.data.dlc import (
     instances_to_annotations,
     split_frames,
     split_labels,
-    summarize_split,
-    write_coco_splits,
+    write_conversion,
 )
 
 __all__ = ["SLEAP_EXTRA_HINT", "import_sleap_io", "slp_to_coco"]
@@ -144,12 +142,6 @@ def slp_to_coco(
             coco["annotations"] += anns
     if "train" not in splits:
         raise ValueError(f"{slp}: the held-out blocks {dict(blocks)} leave no training frames")
-    paths = write_coco_splits(out_dir, splits, category, {"description": f"SLEAP labels of {slp.name}",
-                                                          "source": str(slp)})
-    record = {"mode": mode, "seed": seed, "frames_per_video": counts,
-              "blocks": {v: {k: list(b) for k, b in bl.items()} for v, bl in blocks.items() if bl},
-              "counts": summarize_split(splits, image_video)}
-    (out_dir / "split.json").write_text(json.dumps(record, indent=1) + "\n")
-    paths["images"] = img_root
-    paths["split"] = out_dir / "split.json"
-    return paths
+    info = {"description": f"SLEAP labels of {slp.name}", "source": str(slp)}
+    return write_conversion(out_dir, splits, image_video, category, info, img_root=img_root, mode=mode, seed=seed,
+                            counts=counts, blocks=blocks)
