@@ -2,8 +2,9 @@
 
 Reads every job's ``.hydra/config.yaml`` and ``results.json`` below the directory, groups the jobs by
 (dataset, protocol, shots, few-shot taxa, held-out, model, starting point) and prints and writes
-``results.md`` and ``results.csv`` in it: mean ± std (sample std, n-1) over seeds, with the number of seeds — the table a paper needs. Jobs without a
-``results.json`` (failed or still running) are listed, never silently averaged in.
+``results.md`` and ``results.csv`` in it: mean ± std (sample std, n-1) over seeds, with the number of seeds
+— the table a paper needs. Jobs without a ``results.json`` (failed or still running) are listed, never
+silently averaged in.
 """
 
 from __future__ import annotations
