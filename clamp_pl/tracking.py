@@ -16,7 +16,7 @@ instance ``score`` (which averages only keypoints above 0.2, so one spurious con
 rates as high as a whole animal). The first frame is always a search. Frames whose box came from a search
 are reported as *re-acquired*.
 
-Numpy only: the pose model is reached through a ``predict(frame, boxes) -> instances`` callable (instances as
+No torch here: the pose model is reached through a ``predict(frame, boxes) -> instances`` callable (instances as
 :meth:`clamp_pl.api.PoseEstimator.predict` gives them: ``keypoints [K, 2]`` image pixels, ``scores [K]``,
 ``score``); boxes are ``[x, y, w, h]`` image pixels.
 """
@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from clamp_pl.data.transforms import fix_aspect_ratio
 
 Instance = dict[str, Any]
 PredictFn = Callable[[np.ndarray, list[list[float]]], list[Instance]]
@@ -109,13 +111,9 @@ class FollowStep:
 
 def fix_aspect(box: np.ndarray, aspect: float) -> np.ndarray:
     """Grow the shorter side of ``box`` ``[x, y, w, h]`` so that ``w / h == aspect``, centre kept."""
-    x, y, w, h = (float(v) for v in box)
-    cx, cy = x + w / 2, y + h / 2
-    if w > aspect * h:
-        h = w / aspect
-    else:
-        w = h * aspect
-    return np.array([cx - w / 2, cy - h / 2, w, h])
+    box = np.asarray(box, dtype=np.float64)
+    wh = fix_aspect_ratio(box[2:], aspect)
+    return np.concatenate([box[:2] + box[2:] / 2 - wh / 2, wh])
 
 
 def box_from_keypoints(
@@ -179,11 +177,6 @@ class Follower:
         self.box: np.ndarray | None = None  # the box for the next frame [x, y, w, h]
         self._memory: np.ndarray | None = None  # where each keypoint is believed to be [K, 2] (see _remember)
         self._grid: dict[tuple[int, int], list[list[float]]] = {}
-
-    def reset(self) -> None:
-        """Forget the followed box: the next frame is searched."""
-        self.box = None
-        self._memory = None
 
     def step(self, frame: np.ndarray) -> FollowStep:
         """Predict ``frame`` (RGB ``[H, W, 3]``) in the followed box (searching when lost) and make the next box."""
