@@ -40,6 +40,7 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint_file",
     "resolve_checkpoint",
+    "run_config_file",
     "save_model_file",
 ]
 
@@ -150,20 +151,29 @@ def _spec_of(d: Any, path: Path) -> ModelSpec:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def _run_config(path: Path) -> dict[str, Any]:
+def run_config_file(path: Path) -> Path | None:
     """The ``.hydra/config.yaml`` of the run a checkpoint belongs to (``run/checkpoints/x.ckpt`` or
-    ``run/x.ckpt``), as written by Hydra (interpolations unresolved), or ``{}``."""
-    import yaml
-
+    ``run/x.ckpt``), or None when there is none."""
     for folder in (path.parent.parent, path.parent):
         f = folder / ".hydra" / "config.yaml"
         if f.is_file():
-            try:
-                return yaml.safe_load(f.read_text()) or {}
-            except (OSError, yaml.YAMLError) as e:
-                log.warning("%s: cannot read %s (%s): using the defaults of the spec", path, f, e)
-                return {}
-    return {}
+            return f
+    return None
+
+
+def _run_config(path: Path) -> dict[str, Any]:
+    """The run config of a checkpoint (:func:`run_config_file`), as written by Hydra (interpolations
+    unresolved), or ``{}``."""
+    import yaml
+
+    f = run_config_file(path)
+    if f is None:
+        return {}
+    try:
+        return yaml.safe_load(f.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        log.warning("%s: cannot read %s (%s): using the defaults of the spec", path, f, e)
+        return {}
 
 
 def legacy_spec(hp: Mapping[str, Any], path: Path) -> ModelSpec:

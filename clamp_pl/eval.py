@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clamp_pl.build import SPEC_DATA_KEYS, build_datamodule
-from clamp_pl.checkpoint import load_checkpoint, resolve_checkpoint
+from clamp_pl.checkpoint import load_checkpoint, resolve_checkpoint, run_config_file
 from clamp_pl.data.datamodule import PoseDataModule
 from clamp_pl.pose_module import PoseLitModule
 from clamp_pl.spec import ModelSpec
@@ -68,14 +68,11 @@ def _run_data_config(spec: ModelSpec, ckpt: Path) -> dict[str, Any]:
     if not data:
         raise ValueError(f"{ckpt}: the model spec records no training data; pass data=<dataset> (conf/data)")
     if "${" in str(data):
-        for folder in (ckpt.parent.parent, ckpt.parent):
-            file = folder / ".hydra" / "config.yaml"
-            if file.is_file():
-                data = OmegaConf.to_container(OmegaConf.load(file).data, resolve=True)  # type: ignore[assignment]
-                break
-        else:
+        file = run_config_file(ckpt)
+        if file is None:
             raise ValueError(f"{ckpt}: the recorded data config has unresolved values and the run's "
                              ".hydra/config.yaml is not beside it; pass data=<dataset>")
+        data = OmegaConf.to_container(OmegaConf.load(file).data, resolve=True)  # type: ignore[assignment]
     return {k: v for k, v in data.items() if k not in (*SPEC_DATA_KEYS, *_LEGACY_DATA_KEYS)}
 
 
