@@ -150,7 +150,7 @@ def test_detector_boxes_every_frame(tiny_run, video, tmp_path):
     assert pd.read_csv(summary["csv"], header=[0, 1, 2, 3], index_col=0).shape == (N_FRAMES, 51)
 
 
-def test_follow_searches_with_the_detector(tiny_run, video, tmp_path):  # noqa: F811
+def test_follow_searches_with_the_detector(tiny_run, video, tmp_path):
     est = load_model(tiny_run, device="cpu")
     det = _StubDetector()
     summary = run_video_prediction(est, video, tmp_path, track="follow", detector=det, visualize=False)
