@@ -456,8 +456,8 @@ class DLCDataModule(OwnDataModule):
                     return
             except json.JSONDecodeError:
                 pass
-        self._paths = self.convert()
-        stamp.write_text(json.dumps(self._conversion_key(), indent=1))
+        self._paths = self.convert()  # raises when the project is missing, so key is not None past here
+        stamp.write_text(json.dumps(key, indent=1))
         counts = json.loads(self._paths["split"].read_text())["counts"]
         log.info("%s -> %s: %s", self.project, self.root,
                  {s: {"frames": c["frames"], "instances": c["instances"]} for s, c in counts.items()})
