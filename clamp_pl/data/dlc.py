@@ -388,6 +388,7 @@ def dlc_to_coco(
             the counts per split) and, with ``copy_images``, ``images/``.
         blocks: held-out frame blocks per video, ``{video: {"val": (start, stop), "test": (start, stop)}}``;
             None = computed by :func:`split_frames` from ``split``, the fractions and ``seed``.
+        split, val_fraction, test_fraction, seed: :func:`split_frames`'s ``mode``, fractions and seed.
         margin, min_margin: box margin (see :func:`keypoint_box`).
         category_name: COCO category name (``supercategory`` is "animal").
         copy_images: copy the frames to ``out_dir/images`` (file names relative to the project's
