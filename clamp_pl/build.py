@@ -24,13 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 from clamp_pl.data.datamodule import PoseDataModule
 from clamp_pl.data.metainfo import DatasetMeta
 from clamp_pl.pose_module import PoseLitModule
-from clamp_pl.spec import ModelSpec, make_spec
+from clamp_pl.spec import SPEC_DATA_KEYS, ModelSpec, make_spec
 
 __all__ = ["SPEC_DATA_KEYS", "SPEC_MODEL_KEYS", "build_datamodule", "build_model", "build_spec", "build_training",
            "data_config"]
 
-#: ``data`` config keys that belong to the model spec (codec sigma, normalisation, box padding)
-SPEC_DATA_KEYS = ("sigma", "normalization", "padding")
 #: ``model`` config keys that belong to the model spec (the network, the test settings)
 SPEC_MODEL_KEYS = ("net", "test_cfg")
 _TEST_KEYS = ("flip_test", "shift_heatmap", "decode")

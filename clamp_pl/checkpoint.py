@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from clamp_pl.spec import ModelSpec, network_geometry
+from clamp_pl.spec import LEGACY_DATA_KEYS, SPEC_DATA_KEYS, ModelSpec, network_geometry
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,7 @@ def legacy_spec(hp: Mapping[str, Any], path: Path) -> ModelSpec:
     geometry = network_geometry(net["clip_model"], int(net["image_size"]), int(net.get("num_deconv", 2)))
     species = {int(c): str(n) for c, n in dict(hp.get("species") or {}).items()}
     families = dict(hp.get("families") or {})
-    data_cfg = {key: v for key, v in data.items() if key not in ("sigma", "normalization", "padding",
-                                                               "input_size", "heatmap_size", "feature_stride")}
+    data_cfg = {key: v for key, v in data.items() if key not in (*SPEC_DATA_KEYS, *LEGACY_DATA_KEYS)}
     spec = ModelSpec(
         net=net,
         input_size=(int(net["image_size"]),) * 2,

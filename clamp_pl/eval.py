@@ -25,18 +25,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from clamp_pl.build import SPEC_DATA_KEYS, build_datamodule
+from clamp_pl.build import build_datamodule
 from clamp_pl.checkpoint import load_checkpoint, resolve_checkpoint, run_config_file
 from clamp_pl.data.datamodule import PoseDataModule
 from clamp_pl.pose_module import PoseLitModule
-from clamp_pl.spec import ModelSpec
+from clamp_pl.spec import LEGACY_DATA_KEYS, SPEC_DATA_KEYS, ModelSpec
 from clamp_pl.utils.config import config_dir
 from clamp_pl.utils.run import instantiate_loggers, print_config_tree, task_wrapper, write_json
 
 log = logging.getLogger("clamp_pl")
-
-# data keys of checkpoints written before the spec existed, now derived from the network
-_LEGACY_DATA_KEYS = ("input_size", "heatmap_size", "feature_stride")
 
 
 def _command_line_keys() -> set[str]:
@@ -56,7 +53,7 @@ def _check_data_override(spec: ModelSpec, data: Mapping[str, Any]) -> None:
     given = _command_line_keys()
     for key, value in ours.items():
         theirs = data.get(key)
-        if theirs is not None and theirs != value and (f"data.{key}" in given or key in _LEGACY_DATA_KEYS):
+        if theirs is not None and theirs != value and (f"data.{key}" in given or key in LEGACY_DATA_KEYS):
             raise ValueError(f"data.{key}={theirs!r} but the model's {key} is {value!r} (its model spec): "
                              f"evaluation preprocesses as the model was trained; drop data.{key}")
 
@@ -73,7 +70,7 @@ def _run_data_config(spec: ModelSpec, ckpt: Path) -> dict[str, Any]:
             raise ValueError(f"{ckpt}: the recorded data config has unresolved values and the run's "
                              ".hydra/config.yaml is not beside it; pass data=<dataset>")
         data = OmegaConf.to_container(OmegaConf.load(file).data, resolve=True)  # type: ignore[assignment]
-    return {k: v for k, v in data.items() if k not in (*SPEC_DATA_KEYS, *_LEGACY_DATA_KEYS)}
+    return {k: v for k, v in data.items() if k not in (*SPEC_DATA_KEYS, *LEGACY_DATA_KEYS)}
 
 
 def build_eval_datamodule(cfg: DictConfig, spec: ModelSpec, ckpt: Path, run_dir: Path | None) -> PoseDataModule:
@@ -86,7 +83,7 @@ def build_eval_datamodule(cfg: DictConfig, spec: ModelSpec, ckpt: Path, run_dir:
                 cfg.protocol = {"name": "supervised"}
         data = OmegaConf.to_container(cfg.data, resolve=True)
         _check_data_override(spec, data)  # type: ignore[arg-type]
-        data = {k: v for k, v in data.items() if k not in _LEGACY_DATA_KEYS}  # type: ignore[union-attr]
+        data = {k: v for k, v in data.items() if k not in LEGACY_DATA_KEYS}  # type: ignore[union-attr]
     else:
         data = _run_data_config(spec, ckpt)
         if cfg.get("protocol") is not None:

@@ -29,10 +29,14 @@ import numpy as np
 
 from clamp_pl.data.metainfo import DatasetMeta
 
-__all__ = ["SPEC_VERSION", "Geometry", "ModelSpec", "make_spec", "meta_to_dict", "network_geometry"]
+__all__ = ["LEGACY_DATA_KEYS", "SPEC_DATA_KEYS", "SPEC_VERSION", "Geometry", "ModelSpec", "make_spec", "meta_to_dict", "network_geometry"]
 
 #: bumped when a field changes meaning; :meth:`ModelSpec.from_dict` refuses newer versions
 SPEC_VERSION = 1
+#: ``data`` config keys that belong to the model spec (codec sigma, normalisation, box padding)
+SPEC_DATA_KEYS = ("sigma", "normalization", "padding")
+#: ``data`` config keys of runs written before the spec existed, now derived from the network
+LEGACY_DATA_KEYS = ("input_size", "heatmap_size", "feature_stride")
 _DECODE_MODES = ("default", "dark")
 
 
