@@ -10,7 +10,7 @@ from .clip_towers import (
     read_checkpoint,
     register_tiny_configs,
 )
-from .heads import HeatmapHead, UpsampleHead
+from .heads import HeatmapHead, PromptHead, SharedUpsampleHead, UpsampleHead
 from .losses import CLAMPLoss, feature_contrastive, keypoint_mse
 from .prompts import PromptLearner
 
@@ -23,7 +23,9 @@ __all__ = [
     "DenseImageTower",
     "HeatmapHead",
     "PromptEncoder",
+    "PromptHead",
     "PromptLearner",
+    "SharedUpsampleHead",
     "TextTower",
     "UpsampleHead",
     "build_clip",

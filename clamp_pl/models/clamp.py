@@ -1,8 +1,16 @@
 """The CLAMP network: CLIP towers + learnable prompts + prompt refinement + score-map fusion.
 
+Two keypoint heads (``head``):
+
+* ``"concat"`` (CLAMP's): ``HeatmapHead`` on ``cat[feature_map, K score maps]``; K is fixed when it is built.
+* ``"prompt"``: ``PromptHead``, whose keypoints are its prompts: the image is decoded once, each refined prompt
+  becomes a 1x1 kernel on the decoded features, plus its upsampled score map; all weights are shared across
+  keypoints, so any number and order of prompts works at forward time (``set_prompts`` or ``text_features``).
+
 Image-only baseline: ``text_branch=False`` keeps the same image tower and keypoint head and drops everything
 text-related (no prompts, no score maps; the keypoint head sees only the backbone map). Its image tower skips the
 CLIP embedding head (ViT ``ln_post``/``proj``, RN attention pool), whose parameters are frozen: they feed nothing.
+It needs the concat head (the prompt head has no keypoints without prompts).
 """
 
 from __future__ import annotations
@@ -17,12 +25,13 @@ from torch import nn
 
 from .adapters import ContextDecoder, PromptEncoder
 from .clip_towers import DenseImageTower, TextTower, build_clip
-from .heads import HeatmapHead, UpsampleHead
+from .heads import HeatmapHead, PromptHead, SharedUpsampleHead, UpsampleHead
 from .prompts import PromptLearner
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
 _NO_DECAY_NAMES = {"ctx", "positional_embedding", "class_embedding", "gamma", "logit_scale"}
+HEADS = ("concat", "prompt")
 
 
 def no_weight_decay(name: str, param: torch.Tensor, keys: Sequence[str] | None = None) -> bool:
@@ -45,13 +54,15 @@ def no_weight_decay(name: str, param: torch.Tensor, keys: Sequence[str] | None =
 class CLAMP(nn.Module):
     """CLAMP top-down keypoint network.
 
-    ``forward(images [B,3,H,W], text_features [K,Dt] | None) -> dict``:
+    ``forward(images [B,3,H,W], text_features [K,Dt] | None) -> dict``, K = the number of prompts (those set,
+    or the rows of ``text_features``; any K >= 1 for ``head="prompt"``, the built K for ``head="concat"``):
 
     * ``heatmaps`` [B,K,h,w]: keypoint head output (the prediction).
     * ``score_maps`` [B,K,gh,gw]: cosine similarity (no temperature) of L2-normalised pixel embeddings and
       refined prompts, in [-1, 1].
-    * ``spatial_heatmaps`` [B,K,h,w]: ``UpsampleHead(score_maps)`` for the spatial loss; only in training mode
-      (``self.training``) and with ``spatial_head=True``, else None.
+    * ``spatial_heatmaps`` [B,K,h,w]: the upsampled score maps for the spatial loss (``UpsampleHead``, or for
+      the prompt head ``SharedUpsampleHead``: one single-channel upsampler per score map); only in training
+      mode (``self.training``) and with ``spatial_head=True``, else None.
     * ``pixel_embeddings`` [B,D,gh,gw], ``prompt_embeddings`` [B,K,D] (refined prompts T'), ``logit_scale``
       (scalar tensor, exp of the learnable log-scale clamped at ln 100): inputs of the feature loss.
 
@@ -61,10 +72,17 @@ class CLAMP(nn.Module):
 
     ``heatmap_size`` is (w, h) and must equal the feature grid times 2**num_deconv (also for the upsampler).
 
+    Keypoints and prompts (``head="prompt"``): reordering the prompts reorders every per-keypoint output
+    (heatmaps, score maps, spatial heatmaps, prompt embeddings) exactly, since no module sees a prompt's position:
+    the text tower runs each prompt alone, and the prompt encoder and context decoder use self-attention among the
+    prompts without positional encoding. That self-attention does make keypoint k's output depend on the other
+    prompts asked for with it: "nose" alone gives another heatmap than "nose" among the 17 AP-10K prompts.
+
     Ablation switches: ``text_branch``, ``prompt_encoder``, ``context_decoder`` (no gamma either),
-    ``score_concat`` (score maps not fed to the keypoint head), ``spatial_head`` (no upsampler: use it when the
-    spatial loss weight is 0, so that DDP sees no unused parameters), ``n_ctx``. With a feature-loss weight of 0
-    the logit scale gets no gradient: freeze it (``requires_grad_(False)``) under DDP.
+    ``score_concat`` (score maps not fed to the keypoint head; for the prompt head: no score term),
+    ``spatial_head`` (no upsampler: use it when the spatial loss weight is 0, so that DDP sees no unused
+    parameters), ``n_ctx``. With a feature-loss weight of 0 the logit scale gets no gradient: freeze it
+    (``requires_grad_(False)``) under DDP.
 
     ``decoder_width`` / ``decoder_layers`` size the context decoder (official: 256, 3); the tiny CPU model uses
     a smaller one, which otherwise holds most of its parameters.
@@ -88,6 +106,7 @@ class CLAMP(nn.Module):
         prompt_encoder: bool = True,
         context_decoder: bool = True,
         score_concat: bool = True,
+        head: str = "concat",
         spatial_head: bool = True,
         num_deconv: int = 2,
         deconv_channels: int = 256,
@@ -106,9 +125,19 @@ class CLAMP(nn.Module):
         decoder_layers: int = 3,
     ) -> None:
         super().__init__()
-        self.num_keypoints = k = len(prompts)
+        k = len(prompts)
         if k == 0:
             raise ValueError("prompts must name at least one keypoint")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if head == "prompt" and not text_branch:
+            raise ValueError(
+                "head='prompt' takes its keypoints from the prompts, and the image-only baseline "
+                "(text_branch=False) has none: use head='concat' (model.net.head=concat) for the baseline"
+            )
+        self.head = head
+        # the K the concat head (and the baseline) is built for; the prompt head has none
+        self._built_keypoints = k
         self.text_branch = text_branch
         self.score_concat = score_concat and text_branch
         clip = build_clip(clip_model, pretrained, image_size, quick_gelu, text_heads=text_heads)
@@ -164,10 +193,31 @@ class CLAMP(nn.Module):
                 self.context_decoder = ContextDecoder(d, width=decoder_width, layers=decoder_layers)
                 self.gamma = nn.Parameter(torch.full((d,), gamma_init))
             if spatial_head:
-                self.upsample_head = UpsampleHead(k, upconv_num_deconv, upconv_channels)
+                if head == "prompt":
+                    self.upsample_head = SharedUpsampleHead(upconv_num_deconv, upconv_channels)
+                else:
+                    self.upsample_head = UpsampleHead(k, upconv_num_deconv, upconv_channels)
             self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
-        head_in = self.image_tower.out_channels + (k if self.score_concat else 0)
-        self.keypoint_head = HeatmapHead(head_in, k, num_deconv, deconv_channels)
+        self.keypoint_head: HeatmapHead | PromptHead
+        if head == "prompt":
+            self.keypoint_head = PromptHead(
+                self.image_tower.out_channels, d, num_deconv, deconv_channels, score_term=self.score_concat
+            )
+        else:
+            head_in = self.image_tower.out_channels + (k if self.score_concat else 0)
+            self.keypoint_head = HeatmapHead(head_in, k, num_deconv, deconv_channels)
+
+    @property
+    def num_keypoints(self) -> int:
+        """The current number of prompts (fixed for the concat head and the image-only baseline)."""
+        return self._built_keypoints if self.prompt_learner is None else len(self.prompt_learner.prompts)
+
+    def _count_error(self, got: int) -> ValueError:
+        k = self._built_keypoints
+        return ValueError(
+            f"the concat head (CLAMP's) predicts exactly K={k} keypoints: expected {k} prompts, got {got}; "
+            "train with model.net.head=prompt (CLAMP(head='prompt')) to ask for other keypoints"
+        )
 
     @property
     def feature_grid(self) -> tuple[int, int]:
@@ -184,11 +234,12 @@ class CLAMP(nn.Module):
         return None if self.prompt_learner is None else list(self.prompt_learner.prompts)
 
     def set_prompts(self, prompts: list[str]) -> None:
-        """Swap the keypoint texts (zero-shot vocabulary); the number of keypoints must not change."""
+        """Swap the keypoint texts (zero-shot vocabulary). The prompt head takes any number >= 1, in any order
+        (the outputs follow it); the concat head only as many as it was built for (ValueError otherwise)."""
         if self.prompt_learner is None:
             raise RuntimeError("the image-only baseline has no prompts")
-        if len(prompts) != self.num_keypoints:
-            raise ValueError(f"expected {self.num_keypoints} prompts (the heads' K), got {len(prompts)}")
+        if self.head == "concat" and len(prompts) != self._built_keypoints:
+            raise self._count_error(len(prompts))
         self.prompt_learner.set_prompts(list(prompts))
 
     def text_features(self) -> torch.Tensor:
@@ -223,6 +274,8 @@ class CLAMP(nn.Module):
             )
         b = images.shape[0]
         t = self.text_features() if text_features is None else text_features  # [K, Dt]
+        if self.head == "concat" and t.shape[0] != self._built_keypoints:
+            raise self._count_error(t.shape[0])
         if self.text_proj is not None:
             t = t @ self.text_proj
         t = t.to(pixel_emb.dtype).unsqueeze(0)  # [1, K, D]
@@ -234,9 +287,13 @@ class CLAMP(nn.Module):
             memory = torch.cat([global_emb.unsqueeze(1), pixel_emb.flatten(2).transpose(1, 2)], dim=1)
             t = t + self.gamma * self.context_decoder(t, memory)
         score_maps = torch.einsum("bdhw,bkd->bkhw", F.normalize(pixel_emb, dim=1), F.normalize(t, dim=-1))
-        head_in = torch.cat([feature_map, score_maps], dim=1) if self.score_concat else feature_map
+        if self.head == "prompt":
+            heatmaps = self.keypoint_head(feature_map, t, score_maps if self.score_concat else None)
+        else:
+            head_in = torch.cat([feature_map, score_maps], dim=1) if self.score_concat else feature_map
+            heatmaps = self.keypoint_head(head_in)
         return dict(
-            heatmaps=self.keypoint_head(head_in),
+            heatmaps=heatmaps,
             score_maps=score_maps,
             spatial_heatmaps=(
                 self.upsample_head(score_maps) if self.training and self.upsample_head is not None else None

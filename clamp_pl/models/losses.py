@@ -37,6 +37,9 @@ def feature_contrastive(
     such keypoints have no peak cell); logits z_bkj = tau * cos(v_bk, t_bj). Loss
     ``0.5 * (mean_bk w_bk CE(z_bk., k) + mean_bk w_bk CE(z_b.k, k))``: negatives are the other keypoints of the
     same instance; the means run over all B*K entries, without renormalising by the weights (as the official code).
+
+    Any K >= 1 (the prompt head's keypoints are whatever the prompts are): reordering the prompts together with
+    ``peak_index``/``peak_weights`` leaves the loss unchanged. With K = 1 there is no negative and the loss is 0.
     """
     b, d = pixel_emb.shape[:2]
     k = prompt_emb.shape[1]

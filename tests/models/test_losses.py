@@ -78,3 +78,15 @@ def test_clamp_loss_combines_weighted_terms():
                                batch["peak_weights"], outputs["logit_scale"])
     torch.testing.assert_close(out["loss_feature"], 5e-4 * feat)
     torch.testing.assert_close(out["loss"], out["loss_heatmap"] + out["loss_spatial"] + out["loss_feature"])
+
+
+def test_feature_contrastive_any_number_of_prompts():
+    torch.manual_seed(0)
+    pix, prompts = torch.randn(2, 8, 3, 3), torch.randn(2, 6, 8)
+    idx, w = torch.randint(0, 9, (2, 6)), torch.rand(2, 6)
+    tau = torch.tensor(5.0)
+    perm = torch.tensor([4, 0, 5, 2, 1, 3])
+    torch.testing.assert_close(feature_contrastive(pix, prompts[:, perm], idx[:, perm], w[:, perm], tau),
+                               feature_contrastive(pix, prompts, idx, w, tau))
+    # one prompt: nothing to contrast with
+    assert feature_contrastive(pix, prompts[:, :1], idx[:, :1], w[:, :1], tau).item() == 0.0
