@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from timm.layers import drop_path, resample_abs_pos_embed
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
 
 
 def _resize_grid(pos: torch.Tensor, new_hw: tuple[int, int], what: str, verbose: bool = False) -> torch.Tensor:
-    """Bilinearly resize a ``[1 + h*w, C]`` positional table (first row: class/mean token) to ``new_hw``."""
+    """Bilinearly resize a ``[1 + h*w, C]`` positional table (first row: class/mean token) to ``new_hw``.
+
+    timm's ``resample_abs_pos_embed`` with bilinear, ``align_corners=False``, no antialiasing: what the official
+    CLAMP/DenseCLIP backbones do (``F.interpolate``). Returns ``pos`` itself when the grid already matches (no
+    resampling op in a traced graph)."""
     n = pos.shape[0] - 1
     old = int(round(math.sqrt(n)))
     if old * old != n:
@@ -103,11 +108,11 @@ def _resize_grid(pos: torch.Tensor, new_hw: tuple[int, int], what: str, verbose:
         return pos
     if verbose:
         log.info("Resizing %s from %dx%d to %dx%d", what, old, old, *new_hw)
-    grid = pos[1:].float().reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    # bilinear, align_corners=False: what the official CLAMP/DenseCLIP backbones do
-    grid = F.interpolate(grid, size=tuple(new_hw), mode="bilinear", align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(new_hw[0] * new_hw[1], -1).to(pos.dtype)
-    return torch.cat([pos[:1], grid], dim=0)
+    out = resample_abs_pos_embed(
+        pos[None], new_size=list(new_hw), old_size=[old, old], num_prefix_tokens=1, interpolation="bilinear",
+        antialias=False,
+    )
+    return out[0]
 
 
 def resize_vision_pos_embeds(state_dict: dict[str, torch.Tensor], model: nn.Module) -> None:
@@ -225,29 +230,23 @@ class _DropPathHook:
     """Forward hook on a residual block's ``ls_1``/``ls_2`` (the last op of each residual branch): stochastic
     depth without touching open_clip's modules or their state-dict keys.
 
-    In training, zeroes the branch output ``[B, L, W]`` with probability ``p`` and rescales what is kept by
-    1/(1-p), so the expectation is unchanged. ``mode="token"``: one draw per token position, shared by every
-    image of the batch (mask ``[1, L, 1]``; the official CLAMP/DenseCLIP behaviour). ``mode="sample"``: one draw
-    per image (mask ``[B, 1, 1]``; timm's DropPath on batch-first blocks).
+    In training, timm's ``drop_path``: zeroes the branch output ``[B, L, W]`` with probability ``p`` and rescales
+    what is kept by 1/(1-p), so the expectation is unchanged. ``mode="token"``: one draw per token position, shared
+    by every image of the batch (timm's per-"sample" mask on the sequence-first ``[L, B, W]`` layout of the official
+    CLAMP/DenseCLIP blocks: mask ``[1, L, 1]`` here); ``mode="sample"``: one draw per image (mask ``[B, 1, 1]``).
+    ``mode`` is one of :data:`DROP_PATH_MODES` (checked by :class:`DenseImageTower`).
     """
 
     def __init__(self, p: float, mode: str) -> None:
-        if mode not in DROP_PATH_MODES:
-            raise ValueError(f"drop_path_mode must be one of {DROP_PATH_MODES}, got {mode!r}")
         self.p = p
         self.mode = mode
-
-    def mask_shape(self, out: torch.Tensor) -> tuple[int, ...]:
-        if self.mode == "token":
-            return (1, out.shape[1]) + (1,) * (out.ndim - 2)
-        return (out.shape[0],) + (1,) * (out.ndim - 1)
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         if not module.training or self.p == 0.0:
             return out
-        keep = 1.0 - self.p
-        mask = out.new_empty(self.mask_shape(out)).bernoulli_(keep)
-        return out * mask / keep
+        if self.mode == "token":
+            return drop_path(out.transpose(0, 1), self.p, training=True).transpose(0, 1)
+        return drop_path(out, self.p, training=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -293,6 +292,8 @@ class DenseImageTower(nn.Module):
         super().__init__()
         if not isinstance(image_size, int):
             raise TypeError(f"image_size must be an int (square input), got {image_size!r}")
+        if drop_path_mode not in DROP_PATH_MODES:
+            raise ValueError(f"drop_path_mode must be one of {DROP_PATH_MODES}, got {drop_path_mode!r}")
         if clip_model is None:
             clip_model = build_clip(model_name, pretrained, image_size, quick_gelu)
         visual = clip_model.visual
@@ -324,8 +325,6 @@ class DenseImageTower(nn.Module):
 
     @staticmethod
     def _add_drop_path(visual: VisionTransformer, rate: float, mode: str) -> None:
-        if mode not in DROP_PATH_MODES:
-            raise ValueError(f"drop_path_mode must be one of {DROP_PATH_MODES}, got {mode!r}")
         if rate <= 0:
             return
         if not visual.transformer.batch_first:

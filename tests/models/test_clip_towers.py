@@ -262,3 +262,24 @@ def test_random_init_does_not_warn_on_every_build(caplog):
     assert not [r for r in caplog.records if "initialized randomly" in r.getMessage()]
     # the filter is removed again: other root-logger warnings still pass
     assert not any(f.__class__.__name__ == "_DropMessage" for f in logging.getLogger().filters)
+
+
+@pytest.mark.parametrize("hw", [(5, 5), (8, 8), (3, 3), (5, 7)])
+def test_resize_grid_is_the_official_bilinear_resize(hw):
+    """_resize_grid uses timm's resample_abs_pos_embed (bilinear, no antialiasing), which must stay the official
+    CLAMP/DenseCLIP F.interpolate(bilinear, align_corners=False) resize."""
+    from clamp_pl.models.clip_towers import _resize_grid
+
+    torch.manual_seed(0)
+    pos = torch.randn(1 + 16, 8)
+    torch.testing.assert_close(_resize_grid(pos, hw, "pos"), _resize(pos, hw), atol=1e-6, rtol=0)
+    assert _resize_grid(pos, (4, 4), "pos") is pos  # no resampling op when the grid matches
+
+
+def test_sample_mode_is_timm_drop_path_on_batch_first_blocks():
+    drop_path = pytest.importorskip("timm.layers").drop_path
+    x = torch.randn(3, 7, 5)  # [B, L, W]
+    torch.manual_seed(0)
+    expected = drop_path(x, 0.4, training=True)
+    torch.manual_seed(0)
+    torch.testing.assert_close(_DropPathHook(0.4, "sample")(torch.nn.Identity(), (x,), x), expected)
