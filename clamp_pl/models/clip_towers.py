@@ -1,7 +1,10 @@
 """open_clip towers adapted for dense prediction.
 
-Any open_clip model with a ``ModifiedResNet`` (RN50, RN101, ...) or a class-token ``VisionTransformer``
-(ViT-B-16, ViT-L-14, ...) image tower and a CLIP text transformer can be used. Weights come from
+Image towers with dense features: open_clip's ``ModifiedResNet`` (RN50, RN101, ...) and class-token
+``VisionTransformer`` (ViT-B-16, ViT-L-14, ...), and the timm trunks open_clip wraps (SigLIP / SigLIP 2, EVA02,
+PE-Core, ConvNeXt, MobileCLIP / MobileCLIP2; :mod:`clamp_pl.models.timm_towers`). Text towers: open_clip's
+``TextTransformer`` with EOT (argmax / eos) or last-token pooling, causal or bidirectional (:class:`TextTower`);
+not the Hugging Face text encoders. Weights come from
 
 * ``pretrained=None``: random init, never touches the network (tests, the tiny configs);
 * a local checkpoint file: an open_clip/OpenAI state dict (optionally under ``'state_dict'``, optionally
@@ -9,8 +12,8 @@ Any open_clip model with a ``ModifiedResNet`` (RN50, RN101, ...) or a class-toke
 * an open_clip tag (``'openai'``, ``'laion2b_s34b_b88k'``, ...): downloaded by open_clip on request.
 
 The image tower is built at the training resolution, so the positional embeddings of a checkpoint trained at
-another resolution are bilinearly resized on load (the ViT token grid and the RN attention-pool grid; open_clip
-itself only resizes the ViT grid). Loading is strict.
+another resolution are resized on load: bilinearly for the ViT token grid and the RN attention-pool grid (open_clip
+itself only resizes the ViT grid), with timm's resampling (bicubic) for timm trunks. Loading is strict.
 
 Behaviour of the official CLAMP backbones (an mmpose fork of DenseCLIP's), and where this differs:
 * Class embedding: the official ViT adds ``class_embedding`` twice, once as the class token and again into the
@@ -41,6 +44,8 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from timm.layers import drop_path, resample_abs_pos_embed
 from torch import nn
 
+from . import timm_towers
+
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -49,9 +54,16 @@ _registered = False
 
 
 def register_tiny_configs() -> None:
-    """Register the package's open_clip configs (``clamp-tiny-rn``, ``clamp-tiny-vit``); idempotent."""
+    """Register the package's open_clip configs and the tiny timm trunks they use; idempotent.
+
+    ``clamp-tiny-rn``, ``clamp-tiny-vit``: open_clip's own towers. One per timm family, each the family's trunk and
+    text tower at toy width and depth (random init only): ``clamp-tiny-mapvit`` (SigLIP 2: MAP-head ViT,
+    bidirectional last-token text tower; the name avoids "siglip", which makes open_clip pick the SigLIP
+    sentencepiece tokenizer, a download), ``clamp-tiny-eva02``, ``clamp-tiny-pecore``, ``clamp-tiny-convnext``,
+    ``clamp-tiny-mobileclip2`` (FastViT MCi, bidirectional EOT text tower)."""
     global _registered
     if not _registered:
+        timm_towers.register_tiny_timm_models()
         open_clip.add_model_config(MODEL_CONFIG_DIR)
         _registered = True
 
@@ -127,6 +139,15 @@ def resize_vision_pos_embeds(state_dict: dict[str, torch.Tensor], model: nn.Modu
         if key in state_dict:
             side = int(round(math.sqrt(visual.attnpool.positional_embedding.shape[0] - 1)))
             state_dict[key] = _resize_grid(state_dict[key], (side, side), key, verbose=True)
+    elif timm_towers.is_timm_tower(visual):
+        trunk = visual.trunk
+        key = "visual.trunk.pos_embed"
+        table = getattr(trunk, "pos_embed", None)
+        if key in state_dict and table is not None and state_dict[key].shape != table.shape:
+            prefix = 0 if getattr(trunk, "no_embed_class", False) else int(getattr(trunk, "num_prefix_tokens", 0))
+            state_dict[key] = resample_abs_pos_embed(
+                state_dict[key], new_size=list(trunk.patch_embed.grid_size), num_prefix_tokens=prefix, verbose=True
+            )
 
 
 def load_clip_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -167,6 +188,7 @@ def build_clip(
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         raise ValueError(f"unknown open_clip model '{model_name}'; available: {open_clip.list_models()}")
+    check_text_tower_config(name, cfg)
     state_dict = None
     default_qg = bool(cfg.get("quick_gelu", False))
     if pretrained is not None and str(pretrained) != "":
@@ -208,6 +230,108 @@ def build_clip(
     if state_dict is not None:
         load_clip_weights(model, state_dict)
     return model
+
+
+TEXT_TOWER_FAMILIES = (
+    "open_clip TextTransformer towers: CLIP (OpenAI, LAION, DataComp, MetaCLIP, DFN), EVA02, PE-Core, ConvNeXt "
+    "CLIPs, SigLIP / SigLIP 2, MobileCLIP / MobileCLIP2"
+)
+
+
+def check_text_tower_config(model_name: str, cfg: dict) -> None:
+    """Reject, before anything is built or downloaded, text towers the prompt learner cannot drive: Hugging Face
+    text models (open_clip's ``HFTextEncoder``: roberta, xlm-roberta, mT5, NLLB, ...) and CoCa's class-token
+    tower."""
+    text = cfg.get("text_cfg", {})
+    if text.get("hf_model_name"):
+        raise ValueError(
+            f"{model_name}: its text tower is the Hugging Face model '{text['hf_model_name']}' (open_clip "
+            f"HFTextEncoder), which CLAMP's prompt learner cannot drive (it runs the frozen text transformer on "
+            f"learned token embeddings); towers that work: {TEXT_TOWER_FAMILIES}"
+        )
+    if text.get("embed_cls") or "multimodal_cfg" in cfg:
+        raise ValueError(f"{model_name}: CoCa text towers are not supported; towers that work: {TEXT_TOWER_FAMILIES}")
+
+
+def preprocess_config(
+    model_name: str, pretrained: str | os.PathLike | None = None, image_size: int | None = None
+) -> dict:
+    """The input a tower expects, as primitives: ``{"image_size": [H, W], "mean": [r, g, b], "std": [r, g, b],
+    "interpolation": str, "resize_mode": str}`` (mean/std on the [0, 1] scale).
+
+    ``image_size``: the crop CLAMP runs at; None = the open_clip config's. Normalisation: an open_clip tag's own
+    (``pretrained="webli"`` for SigLIP 2: 0.5/0.5; MobileCLIP2's ``dfndr2b``: 0/1); for a local file or None, the
+    config's ``preprocess_cfg`` if it has one, else the value every tag of the architecture shares, else open_clip's
+    default (OpenAI CLIP's mean/std). Nothing is downloaded.
+    """
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    register_tiny_configs()
+    name = model_name.replace("/", "-")
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip model '{model_name}'")
+    out = dict(vars(PreprocessCfg()))
+    tag_cfg = None
+    if pretrained is not None and str(pretrained) and not os.path.isfile(pretrained):
+        tag_cfg = open_clip.get_pretrained_cfg(name, str(pretrained)) or None
+        if tag_cfg is None:
+            raise ValueError(
+                f"pretrained='{pretrained}' is neither a file nor an open_clip tag of '{name}' "
+                f"(tags: {open_clip.list_pretrained_tags_by_model(name)})"
+            )
+    if tag_cfg is not None:
+        out = merge_preprocess_dict(out, tag_cfg)
+    elif cfg.get("preprocess_cfg"):
+        out = merge_preprocess_dict(out, cfg["preprocess_cfg"])
+    else:
+        tags = [open_clip.get_pretrained_cfg(name, t) for t in open_clip.list_pretrained_tags_by_model(name)]
+        keys = ("mean", "std", "interpolation", "resize_mode")
+        shared = {k: {tuple(t[k]) if isinstance(t.get(k), (list, tuple)) else t.get(k) for t in tags} for k in keys}
+        out = merge_preprocess_dict(out, {k: next(iter(v)) for k, v in shared.items() if len(v) == 1 and None not in v})
+    size = image_size if image_size is not None else cfg["vision_cfg"].get("image_size", out["size"])
+    hw = [int(size), int(size)] if isinstance(size, (int, float)) else [int(v) for v in size]
+    return {
+        "image_size": hw,
+        "mean": [float(v) for v in out["mean"]],
+        "std": [float(v) for v in out["std"]],
+        "interpolation": str(out["interpolation"]),
+        "resize_mode": str(out["resize_mode"]),
+    }
+
+
+def tower_geometry(model_name: str, image_size: int) -> tuple[int, tuple[int, int]]:
+    """``(stride, (gh, gw))`` of :class:`DenseImageTower` for ``model_name`` at a square ``image_size``, from the
+    open_clip config alone (no weights, no download; timm architectures are instantiated on the meta device).
+
+    open_clip ViT: the patch size; ModifiedResNet: 32; timm token trunks (SigLIP, EVA02, PE-Core): the patch size;
+    timm ConvNeXt / FastViT: the last stage's reduction (32; 64 for the five-stage MobileCLIP2-S3/S4).
+
+    Raises:
+        ValueError: unknown model, no dense features for its image tower, or ``image_size`` not a multiple of the
+            stride.
+    """
+    register_tiny_configs()
+    name = model_name.replace("/", "-")
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(
+            f"model.net.clip_model={model_name!r} is not an open_clip model config "
+            f"(known: {', '.join(open_clip.list_models()[:8])}, ...)"
+        )
+    vision = cfg.get("vision_cfg", {})
+    if vision.get("timm_model_name"):
+        stride = timm_towers.timm_stride(name)
+    elif isinstance(vision.get("layers"), (list, tuple)):
+        stride = 32  # ModifiedResNet: stem /4, then three stride-2 stages
+    elif vision.get("patch_size"):
+        stride = int(vision["patch_size"])
+    else:
+        raise ValueError(f"{model_name}: no dense CLAMP features for this image tower")
+    image_size = int(image_size)
+    if image_size % stride:
+        raise ValueError(f"model.net.image_size={image_size} is not a multiple of {model_name}'s stride {stride}")
+    return stride, (image_size // stride, image_size // stride)
 
 
 class _DropMessage(logging.Filter):
@@ -266,13 +390,21 @@ class DenseImageTower(nn.Module):
     * ModifiedResNet: ``feature_map`` = layer4 (Cf = 32*width, 2048 for RN50); the attention pool runs over
       the whole token set [mean; pixels] with every token as a query (DenseCLIP): its per-pixel outputs are
       ``pixel_emb`` (D = 1024 for RN50) and the mean-token output is ``global_emb``.
+    * timm trunks (SigLIP / SigLIP 2, EVA02, PE-Core: ``kind="timm_token"``; ConvNeXt, FastViT / MobileCLIP:
+      ``kind="timm_spatial"``): ``feature_map`` = the last block's patch-token grid (before the final norm) or the
+      last stage; ``global_emb`` = open_clip's image feature; ``pixel_emb`` = the tower's pooled head applied to
+      each position alone (for SigLIP's / PE-Core's attention-pool head: its value path, output projection and
+      MLP). See :mod:`clamp_pl.models.timm_towers`.
 
     Attributes: ``out_channels`` (Cf), ``embed_dim`` (D), ``grid_size`` (gh, gw) and ``stride`` (sy, sx) at the
-    built ``image_size``; inputs of another size also work (positional tables interpolated on the fly).
+    built ``image_size``; inputs of another size also work (positional tables interpolated on the fly), except
+    for timm Eva trunks (EVA02, PE-Core: built at one size, which is what exports to ONNX).
 
-    ``drop_path_rate``: stochastic depth, linear 0 -> rate over the ViT blocks (CLAMP uses 0.4 for ViTs);
-    not supported for ResNets (CLAMP uses none there). ``drop_path_mode``: ``"token"`` (official) or
-    ``"sample"``, see :class:`_DropPathHook`. ``class_embedding_twice``: the official ViT's class token (ViT only).
+    ``drop_path_rate``: stochastic depth, linear 0 -> rate over the blocks (CLAMP uses 0.4 for ViTs); not supported
+    for ResNets (CLAMP uses none there). open_clip ViTs: ``drop_path_mode`` ``"token"`` (official) or ``"sample"``,
+    see :class:`_DropPathHook`. timm trunks: timm's own ``drop_path_rate`` (its per-block schedule, one draw per
+    sample), so ``drop_path_mode`` must be ``"sample"`` when the rate is positive. ``class_embedding_twice``: the
+    official ViT's class token (open_clip ViT only).
     """
 
     def __init__(
@@ -288,7 +420,8 @@ class DenseImageTower(nn.Module):
         clip_model: nn.Module | None = None,
     ) -> None:
         """``clip_model``: an already built (and loaded) open_clip model to take the image tower from, so that
-        CLAMP builds and loads CLIP once for both towers; the other arguments then only describe it."""
+        CLAMP builds and loads CLIP once for both towers; the other arguments then only describe it. A timm trunk
+        is created again by timm for dense use (input size, stochastic depth) with the given model's weights."""
         super().__init__()
         if not isinstance(image_size, int):
             raise TypeError(f"image_size must be an int (square input), got {image_size!r}")
@@ -300,6 +433,8 @@ class DenseImageTower(nn.Module):
         self.model_name = model_name
         self.image_size = image_size
         self.class_embedding_twice = bool(class_embedding_twice)
+        if class_embedding_twice and not isinstance(visual, VisionTransformer):
+            raise ValueError("class_embedding_twice applies to open_clip ViT towers only (the official CLAMP ViT)")
         if isinstance(visual, VisionTransformer):
             if visual.attn_pool is not None or visual.pool_type != "tok" or visual.proj is None:
                 raise ValueError(f"{model_name}: dense CLAMP features need a class-token ViT with a projection")
@@ -311,16 +446,29 @@ class DenseImageTower(nn.Module):
             self._add_drop_path(visual, drop_path_rate, drop_path_mode)
         elif isinstance(visual, ModifiedResNet):
             if drop_path_rate:
-                raise ValueError("drop_path_rate is only supported for ViT towers")
-            if class_embedding_twice:
-                raise ValueError("class_embedding_twice applies to ViT towers only (a ResNet has no class token)")
+                raise ValueError("drop_path_rate is only supported for ViT and timm towers (not ResNets)")
             self.kind = "rn"
             self.out_channels = visual.attnpool.k_proj.in_features
             self.embed_dim = visual.attnpool.c_proj.out_features
             self.stride = (32, 32)
             self.grid_size = (image_size // 32, image_size // 32)
+        elif timm_towers.is_timm_tower(visual):
+            if drop_path_rate and drop_path_mode != "sample":
+                raise ValueError(
+                    f"{model_name}: a timm image tower uses timm's stochastic depth (one draw per sample): set "
+                    f"drop_path_mode='sample' (got {drop_path_mode!r})"
+                )
+            self.kind = "timm_" + timm_towers.trunk_kind(visual.trunk, model_name)
+            timm_towers.check_supported_head(visual, model_name)
+            timm_towers.rebuild_trunk(visual, model_name, image_size, drop_path_rate)
+            stride, self.grid_size, self.out_channels = timm_towers.tower_geometry(visual, image_size)
+            self.stride = (stride, stride)
+            self.embed_dim = int(open_clip.get_model_config(model_name.replace("/", "-"))["embed_dim"])
         else:
-            raise ValueError(f"{model_name}: unsupported image tower {type(visual).__name__}")
+            raise ValueError(
+                f"{model_name}: unsupported image tower {type(visual).__name__} (dense features exist for open_clip "
+                f"VisionTransformer and ModifiedResNet and the timm trunks {timm_towers.SUPPORTED})"
+            )
         self.visual = visual
 
     @staticmethod
@@ -338,16 +486,28 @@ class DenseImageTower(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Parameters used only for ``global_emb``/``pixel_emb``: ViT ``ln_post`` and ``proj``, the RN attention
-        pool. The image-only baseline freezes them (they would get no gradient, which DDP rejects)."""
+        pool, a timm trunk's final norm and pooled head and open_clip's projection head. The image-only baseline
+        freezes them (they would get no gradient, which DDP rejects)."""
         v = self.visual
         if self.kind == "vit":
             return [*v.ln_post.parameters(), v.proj]
-        return list(v.attnpool.parameters())
+        if self.kind == "rn":
+            return list(v.attnpool.parameters())
+        params: dict[int, nn.Parameter] = {}
+        for module in timm_towers.embedding_modules(v):
+            params.update((id(p), p) for p in module.parameters())
+        return list(params.values())
 
     def forward(
         self, x: torch.Tensor, embeddings: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        return self._forward_vit(x, embeddings) if self.kind == "vit" else self._forward_rn(x, embeddings)
+        if self.kind == "vit":
+            return self._forward_vit(x, embeddings)
+        if self.kind == "rn":
+            return self._forward_rn(x, embeddings)
+        if self.kind == "timm_token":
+            return timm_towers.forward_token(self.visual, x, embeddings)
+        return timm_towers.forward_spatial(self.visual, x, embeddings)
 
     def _forward_vit(
         self, x: torch.Tensor, embeddings: bool
@@ -417,13 +577,25 @@ class TextTower(nn.Module):
     """The frozen CLIP text transformer, run on token *embeddings* so that prompts can contain learned vectors.
 
     Holds open_clip's ``token_embedding``, ``positional_embedding``, ``transformer``, ``ln_final``,
-    ``text_projection`` and causal ``attn_mask``. All parameters have ``requires_grad=False`` and the module
-    stays in eval mode whatever ``train()`` is called with; gradients still flow *through* it to its inputs.
+    ``text_projection`` and attention mask. All parameters have ``requires_grad=False`` and the module stays in
+    eval mode whatever ``train()`` is called with; gradients still flow *through* it to its inputs.
+
+    Towers: open_clip's ``TextTransformer`` (in ``CLIP`` or ``CustomTextCLIP``), with
+
+    * ``causal``: CLIP's causal mask (CLIP, EVA02, PE-Core, ConvNeXt CLIPs), or none (``no_causal_mask``:
+      SigLIP / SigLIP 2, MobileCLIP2: every token sees the whole sequence, padding included, so such a tower must
+      run on its full ``context_length``, as it was trained);
+    * ``pool_type`` (open_clip's readout, :meth:`readout_index`): ``"argmax"`` (the EOT token: the largest id of
+      CLIP's BPE), ``"eos"`` (the first ``eos_id``), ``"last"`` (the last position: SigLIP), ``"first"``;
+    * a projection matrix, an ``nn.Linear`` (with bias: SigLIP) or none.
+
+    Hugging Face text encoders (``HFTextEncoder``) and CoCa's class-token tower are refused with an error naming the
+    towers that work.
 
     ``forward(x [K,L,W], eot_index [K], shared_prefix=0) -> [K,D]``: adds ``positional_embedding[:L]``, runs
-    the transformer with the causal mask cropped to L x L, and reads out ``ln_final`` + projection at
-    ``eot_index``. Thanks to the causal mask, running on L < context_length tokens gives the same EOT feature as
-    the full context.
+    the transformer (causal mask cropped to L x L, or no mask), and reads out ``ln_final`` + projection at
+    ``eot_index`` (the readout position of each row, whatever the pooling). Thanks to the causal mask, a causal
+    tower run on L < context_length tokens gives the same readout as the full context.
 
     ``shared_prefix=P``: the caller guarantees that the first P token embeddings are the same in every row
     (CoOp prompts: SOT + the shared context vectors). Under a causal mask their hidden states are then the same
@@ -432,26 +604,43 @@ class TextTower(nn.Module):
     round-off aside); for CLAMP on AP-10K it runs 9 + 17 x 4 = 77 token rows per layer instead of 17 x 13 =
     221, forward and backward. Gradients reach the prefix through row 0 only, which is exact for shared
     parameters (the context gets the sum over prompts either way). Used only for open_clip's default blocks
-    (``nn.MultiheadAttention`` with a packed in-projection) and the standard causal mask; otherwise the full
-    pass runs.
+    (``nn.MultiheadAttention`` with a packed in-projection) and the standard causal mask; otherwise (bidirectional
+    towers included) the full pass runs.
     """
 
     def __init__(self, clip_model: nn.Module, model_name: str, context_length: int | None = None) -> None:
         """``context_length``: keep only the first N positions (official CLAMP: 13, what its checkpoints store);
-        longer prompts are then an error. None keeps CLIP's (77)."""
+        longer prompts are then an error. None keeps the tower's (CLIP: 77). Causal towers only."""
         super().__init__()
         src = getattr(clip_model, "text", clip_model)  # CustomTextCLIP keeps the tower under .text
+        if not all(hasattr(src, a) for a in ("token_embedding", "positional_embedding", "transformer", "ln_final")):
+            raise ValueError(
+                f"{model_name}: the text tower is a {type(src).__name__}, which CLAMP's prompt learner cannot drive "
+                f"(Hugging Face text encoders are not supported); towers that work: {TEXT_TOWER_FAMILIES}"
+            )
         pool_type = getattr(src, "text_pool_type", getattr(src, "pool_type", "argmax"))
-        if pool_type != "argmax" or getattr(src, "cls_emb", None) is not None:
-            raise ValueError(f"{model_name}: CLAMP prompts need a CLIP-style (argmax/EOT pooled) text tower")
-        if getattr(src, "attn_mask", None) is None:
-            raise ValueError(f"{model_name}: the text tower has no causal mask")
+        if pool_type not in ("argmax", "eos", "last", "first") or getattr(src, "cls_emb", None) is not None:
+            raise ValueError(
+                f"{model_name}: CLAMP prompts need a text tower read out at one token (argmax/eos/last/first "
+                f"pooling, no appended class token), got pool_type={pool_type!r}; towers that work: "
+                f"{TEXT_TOWER_FAMILIES}"
+            )
+        if getattr(src, "use_pad_mask", False):
+            raise ValueError(f"{model_name}: text towers that mask padding (use_pad_mask) are not supported")
         self.model_name = model_name
+        self.pool_type = pool_type
+        self.eos_id = getattr(src, "text_eos_id", getattr(src, "eos_id", None))
         self.token_embedding = src.token_embedding
         self.positional_embedding = src.positional_embedding
         attn_mask = src.attn_mask
+        self.causal = attn_mask is not None
         full = self.positional_embedding.shape[0]
         if context_length is not None and context_length != full:
+            if not self.causal:
+                raise ValueError(
+                    f"{model_name}: a bidirectional text tower runs on its full context ({full}); "
+                    f"text context_length={context_length} would change every feature"
+                )
             if not 0 < context_length < full:
                 raise ValueError(f"text context_length must be in 1..{full}, got {context_length}")
             self.positional_embedding = nn.Parameter(self.positional_embedding.detach()[:context_length].clone())
@@ -459,7 +648,7 @@ class TextTower(nn.Module):
         self.transformer = src.transformer
         self.ln_final = src.ln_final
         self.text_projection = src.text_projection
-        self.register_buffer("attn_mask", attn_mask.clone(), persistent=False)
+        self.register_buffer("attn_mask", attn_mask.clone() if self.causal else None, persistent=False)
         self.context_length = self.positional_embedding.shape[0]
         self.width = self.token_embedding.embedding_dim
         if self.text_projection is None:
@@ -470,10 +659,12 @@ class TextTower(nn.Module):
             self.embed_dim = self.text_projection.shape[1]
         self.requires_grad_(False)
         super().train(False)
-        causal = torch.full_like(self.attn_mask, float("-inf")).triu(1)
-        self.supports_shared_prefix = bool(torch.equal(self.attn_mask, causal)) and all(
-            _is_plain_block(b) for b in self.transformer.resblocks
-        )
+        self.supports_shared_prefix = False
+        if self.causal:
+            causal = torch.full_like(self.attn_mask, float("-inf")).triu(1)
+            self.supports_shared_prefix = bool(torch.equal(self.attn_mask, causal)) and all(
+                _is_plain_block(b) for b in self.transformer.resblocks
+            )
 
     def train(self, mode: bool = True) -> TextTower:
         """Frozen: stays in eval mode."""
@@ -482,6 +673,20 @@ class TextTower(nn.Module):
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Token ids ``[K, L]`` -> token embeddings ``[K, L, W]``."""
         return self.token_embedding(token_ids)
+
+    def readout_index(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Where the tower reads its output for token ids ``[K, L]`` (full-context rows for ``"last"``): open_clip's
+        ``text_global_pool`` rule, ``[K]``."""
+        k, length = token_ids.shape
+        if self.pool_type == "argmax":
+            return token_ids.argmax(dim=-1)
+        if self.pool_type == "eos":
+            if self.eos_id is None:
+                raise ValueError(f"{self.model_name}: eos pooling without an eos_id")
+            return (token_ids == self.eos_id).int().argmax(dim=-1)
+        if self.pool_type == "last":
+            return torch.full((k,), length - 1, dtype=torch.long, device=token_ids.device)
+        return torch.zeros(k, dtype=torch.long, device=token_ids.device)
 
     def forward(self, x: torch.Tensor, eot_index: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
         length = x.shape[1]
@@ -493,9 +698,10 @@ class TextTower(nn.Module):
         if 0 < shared_prefix < length and self.supports_shared_prefix and not self.transformer.grad_checkpointing:
             x = self._run_shared_prefix(x, shared_prefix)[rows, eot_index - shared_prefix]  # [K, W]
         else:
-            x = self.transformer(x, attn_mask=self.attn_mask[:length, :length])
+            mask = self.attn_mask[:length, :length] if self.causal else None
+            x = self.transformer(x, attn_mask=mask)
             x = x[rows, eot_index]  # [K, W]
-        x = self.ln_final(x)  # per-token LayerNorm: applying it to the EOT token only is exact
+        x = self.ln_final(x)  # per-token LayerNorm: applying it to the readout token only is exact
         if self.text_projection is None:
             return x
         if isinstance(self.text_projection, nn.Linear):

@@ -1,7 +1,9 @@
 """CoOp-style learnable prompts for keypoint names.
 
-Each keypoint name becomes ``[SOT] [ctx_1 .. ctx_n] [name BPE tokens] [EOT] [pad ..]``: ``n_ctx`` context
-vectors shared by all keypoints, inserted right after SOT, then the frozen CLIP text tower, read out at EOT.
+Each keypoint name becomes the text tower's own tokenization of the name with ``n_ctx`` context vectors, shared by
+all keypoints, inserted right before the name: ``[SOT] [ctx_1 .. ctx_n] [name tokens] [EOT] [pad ..]`` for CLIP's
+BPE (as CLAMP), ``[ctx_1 .. ctx_n] [name tokens] [EOS] [pad ..]`` for a tokenizer without a start token (SigLIP's).
+The frozen text tower runs on it and is read out where it pools (EOT, or the last position for SigLIP).
 
 Only the context vectors are parameters. Token ids are non-persistent buffers, so checkpoints do not depend on
 the keypoint names and ``set_prompts`` can swap the vocabulary (zero-shot on new names), as in CoOp.
@@ -10,6 +12,7 @@ the keypoint names and ``set_prompts`` can swap the vocabulary (zero-shot on new
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import open_clip
 import torch
@@ -20,9 +23,17 @@ from .clip_towers import TextTower
 
 @functools.lru_cache(maxsize=8)
 def _tokenizer(model_name: str):
-    tok = open_clip.get_tokenizer(model_name)
-    if not all(hasattr(tok, a) for a in ("encode", "sot_token_id", "eot_token_id")):
-        raise ValueError(f"{model_name}: CLAMP prompts need CLIP's BPE tokenizer, got {type(tok).__name__}")
+    """open_clip's tokenizer for ``model_name`` (SigLIP / SigLIP 2: Hugging Face files, fetched by open_clip)."""
+    try:
+        tok = open_clip.get_tokenizer(model_name)
+    except Exception as e:  # noqa: BLE001 - HF tokenizers fail with many types (no network, no transformers)
+        raise RuntimeError(
+            f"{model_name}: could not load its open_clip tokenizer ({type(e).__name__}: {e}); SigLIP / SigLIP 2 "
+            "tokenizers are Hugging Face files that open_clip reads with the `transformers` package and downloads "
+            "once (or pass a tokenizer to PromptLearner)"
+        ) from e
+    if not callable(tok):
+        raise ValueError(f"{model_name}: CLAMP prompts need a callable open_clip tokenizer, got {type(tok).__name__}")
     return tok
 
 
@@ -37,11 +48,16 @@ class PromptLearner(nn.Module):
         n_ctx: number of shared context vectors (CLAMP: 8).
         ctx_init_std: context init, ``trunc_normal_(std, a=-2 std, b=2 std)``; 1.0 is the official CLAMP init
             (CoOp uses 0.02).
-        truncate: run the tower on ``1 + n_ctx + max name tokens + 1`` positions (13 for CLAMP on AP-10K)
-            instead of the full context (77). Exact thanks to the causal mask; much cheaper.
-        share_prefix: run SOT + the context, which every prompt shares, once instead of K times
-            (:class:`TextTower` ``shared_prefix``); exact for the same reason, ~2.5x fewer token rows for
-            CLAMP on AP-10K. An attribute, so it can be switched off to compare.
+        truncate: run a causal tower on positions up to the last readout only (13 for CLAMP on AP-10K) instead of
+            the full context (77). Exact thanks to the causal mask; much cheaper. Bidirectional towers (SigLIP,
+            MobileCLIP2) always run on their full context, where the readout depends on every position.
+        share_prefix: run the start token + the context, which every prompt shares, once instead of K times
+            (:class:`TextTower` ``shared_prefix``, causal towers); exact for the same reason, ~2.5x fewer token rows
+            for CLAMP on AP-10K. An attribute, so it can be switched off to compare.
+        tokenizer: ``tokenizer(texts, context_length=N) -> LongTensor[len(texts), N]`` (open_clip's interface);
+            None: open_clip's tokenizer of the tower's model. The prompt layout is read off its output: the
+            leading special tokens (those it also puts around an empty text), the name, the trailing specials
+            and padding (the last id of an empty text).
 
     Caching: when no gradient can reach the context (``torch.is_grad_enabled()`` is False, e.g. validation under
     ``no_grad``/``inference_mode``, or the context is frozen) the prompts cannot change between calls, so the
@@ -58,6 +74,7 @@ class PromptLearner(nn.Module):
         ctx_init_std: float = 1.0,
         truncate: bool = True,
         share_prefix: bool = True,
+        tokenizer: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if n_ctx < 0:
@@ -66,6 +83,9 @@ class PromptLearner(nn.Module):
         self.n_ctx = n_ctx
         self.truncate = truncate
         self.share_prefix = share_prefix
+        self.tokenizer = tokenizer
+        #: number of positions before the context (1: CLIP's SOT; 0 for a tokenizer without a start token)
+        self.prefix_length = 0
         self.ctx = nn.Parameter(torch.empty(n_ctx, text_tower.width))
         nn.init.trunc_normal_(self.ctx, mean=0.0, std=ctx_init_std, a=-2 * ctx_init_std, b=2 * ctx_init_std)
         self.register_buffer("token_ids", torch.zeros(0, 0, dtype=torch.long), persistent=False)
@@ -89,26 +109,35 @@ class PromptLearner(nn.Module):
         prompts = [str(p) for p in prompts]
         if not prompts or any(not p.strip() for p in prompts):
             raise ValueError(f"prompts must be non-empty strings, got {prompts!r}")
-        tok = _tokenizer(self.text_tower.model_name)
-        names = [tok.encode(p) for p in prompts]
-        ctx_len = self.text_tower.context_length
-        longest = max(len(n) for n in names)
-        if 2 + self.n_ctx + longest > ctx_len:
+        tower = self.text_tower
+        tok = self.tokenizer if self.tokenizer is not None else _tokenizer(tower.model_name)
+        ctx_len = tower.context_length
+        n = self.n_ctx
+        # tokenize with room to spare, so that a prompt too long for the context is seen, not silently truncated
+        room = ctx_len + n + 2
+        names = torch.as_tensor(tok(prompts, context_length=room)).long()
+        empty = torch.as_tensor(tok([""], context_length=room)).long()[0]
+        pad = int(empty[-1])
+        differs = names != empty  # the leading specials: what an empty text starts with too
+        starts = torch.where(differs.any(dim=1), differs.int().argmax(dim=1), torch.full_like(names[:, 0], room))
+        prefix = int(starts.min())
+        ids = torch.cat([names[:, :prefix], torch.full((len(prompts), n), pad), names[:, prefix:]], dim=1)
+        too_long = (ids[:, ctx_len:] != pad).any(dim=1)
+        if too_long.any():
+            worst = prompts[int(too_long.nonzero()[0])]
+            shown = worst if len(worst) <= 40 else worst[:37] + "..."
             raise ValueError(
-                f"prompt of {longest} BPE tokens + {self.n_ctx} context tokens + SOT/EOT exceeds the "
+                f"prompt {shown!r}: its tokens + {n} context tokens + the special tokens: the sequence exceeds the "
                 f"text context length {ctx_len}"
             )
-        length = 2 + self.n_ctx + longest if self.truncate else ctx_len
-        ids = torch.zeros(len(names), length, dtype=torch.long)
-        eot = torch.empty(len(names), dtype=torch.long)
-        for i, name in enumerate(names):
-            # positions 1..n_ctx are placeholders (id 0) replaced by the context vectors in forward
-            seq = [tok.sot_token_id] + [0] * self.n_ctx + name + [tok.eot_token_id]
-            ids[i, : len(seq)] = torch.tensor(seq)
-            eot[i] = len(seq) - 1
+        ids = ids[:, :ctx_len]
+        readout = tower.readout_index(ids)
+        if self.truncate and tower.causal:
+            ids = ids[:, : int(readout.max()) + 1]
         device = self.ctx.device
         self.token_ids = ids.to(device)
-        self.eot_index = eot.to(device)
+        self.eot_index = readout.to(device)
+        self.prefix_length = prefix
         self.prompts = prompts
         self.invalidate_cache()
 
@@ -131,10 +160,10 @@ class PromptLearner(nn.Module):
     def compute(self) -> torch.Tensor:
         """Run the text tower (no caching): ``[K, D]``."""
         emb = self.text_tower.embed(self.token_ids)  # [K, L, W]
-        k = emb.shape[0]
+        k, p = emb.shape[0], self.prefix_length
         ctx = self.ctx.to(emb.dtype).unsqueeze(0).expand(k, -1, -1)
-        x = torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx :]], dim=1)
-        return self.text_tower(x, self.eot_index, shared_prefix=1 + self.n_ctx if self.share_prefix else 0)
+        x = torch.cat([emb[:, :p], ctx, emb[:, p + self.n_ctx :]], dim=1)
+        return self.text_tower(x, self.eot_index, shared_prefix=p + self.n_ctx if self.share_prefix else 0)
 
     def forward(self) -> torch.Tensor:
         if torch.is_grad_enabled() and self.ctx.requires_grad:
