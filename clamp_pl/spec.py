@@ -52,37 +52,22 @@ class Geometry:
 
 
 def network_geometry(clip_model: str, image_size: int, num_deconv: int) -> Geometry:
-    """The stride, feature grid and heatmap size of a CLAMP network, from its open_clip model config.
+    """The stride, feature grid and heatmap size of a CLAMP network, from its open_clip model config
+    (:func:`clamp_pl.models.clip_towers.tower_geometry`; no weights are read).
 
-    A ViT's stride is its patch size; a ModifiedResNet (CLIP RN50 and the package's tiny ``clamp-tiny-rn``)
-    always down-samples 32x. E.g. ViT-L/14 at 224 -> 16x16 grid -> 64x64 heatmaps with 2 deconvolutions.
+    A ViT's stride is its patch size (open_clip's or a timm trunk's: SigLIP, EVA02, PE-Core); a ModifiedResNet
+    (CLIP RN50 and the package's tiny ``clamp-tiny-rn``) down-samples 32x, timm ConvNeXt / FastViT (MobileCLIP) by
+    their last stage's reduction. E.g. ViT-L/14 at 224 -> 16x16 grid -> 64x64 heatmaps with 2 deconvolutions.
 
     Raises:
-        ValueError: the model is unknown to open_clip, is not a ViT or ModifiedResNet, or ``image_size`` is not a
+        ValueError: the model is unknown to open_clip, has no dense image features, or ``image_size`` is not a
             multiple of the stride.
     """
-    import open_clip
+    from clamp_pl.models.clip_towers import tower_geometry
 
-    from clamp_pl.models import register_tiny_configs
-
-    register_tiny_configs()
-    cfg = open_clip.get_model_config(clip_model)
-    if cfg is None:
-        raise ValueError(f"model.net.clip_model={clip_model!r} is not an open_clip model config "
-                         f"(known: {', '.join(open_clip.list_models()[:8])}, ...)")
-    vision = cfg.get("vision_cfg", {})
-    if isinstance(vision.get("layers"), (list, tuple)):
-        stride = 32  # ModifiedResNet: stem /4, then three stride-2 stages
-    elif vision.get("patch_size"):
-        stride = int(vision["patch_size"])
-    else:
-        raise ValueError(f"{clip_model}: only ViT and ModifiedResNet image towers give dense CLAMP features")
-    image_size, num_deconv = int(image_size), int(num_deconv)
-    if image_size % stride:
-        raise ValueError(f"model.net.image_size={image_size} is not a multiple of {clip_model}'s stride {stride}")
-    grid = image_size // stride
-    side = grid * 2**num_deconv
-    return Geometry(stride, (grid, grid), (side, side))
+    stride, grid = tower_geometry(clip_model, int(image_size))
+    side = grid[0] * 2 ** int(num_deconv)
+    return Geometry(stride, grid, (side, side))
 
 
 def _pair(v: Sequence[Any], what: str) -> tuple[int, int]:
