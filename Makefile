@@ -34,7 +34,7 @@ test-full: $(STAMP) ## every CPU test, slow ones included
 	$(PY) -m pytest -m "not gpu" -q
 
 demo: $(STAMP) ## the main jobs on embedded data: mouse frames; toy few-shot/zero-shot from the shipped starting point
-	$(PY) -m clamp_pl.demo
+	$(PY) -m clamp_pl.tools.demo
 
 pretrain-toy: $(STAMP) ## retrain the demo's starting point (~30-40 min on 2 cores) into clamp_pl/resources/toy_pretrained/
 	$(PY) scripts/pretrain_toy.py $(ARGS)
@@ -44,7 +44,7 @@ train: $(STAMP) ## train; pass arguments with ARGS="experiment=fewshot_toy train
 
 sweep: $(STAMP) ## toy few-shot on the unseen family (shots x seeds, from the starting point and from scratch), aggregated
 	$(PY) -m clamp_pl.train -m experiment=fewshot_unseen_toy,fewshot_unseen_scratch_toy protocol.shots=5,20 seed=1,2 $(ARGS)
-	$(PY) -m clamp_pl.aggregate --latest logs/train/multiruns
+	$(PY) -m clamp_pl.tools.aggregate --latest logs/train/multiruns
 
 bench: $(STAMP) ## CPU benchmarks -> docs/benchmarks.md and docs/benchmarks.json
 	$(PY) scripts/benchmark.py $(ARGS)

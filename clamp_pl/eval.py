@@ -25,13 +25,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from clamp_pl.build import build_datamodule
-from clamp_pl.checkpoint import load_checkpoint, resolve_checkpoint, run_config_file
+from clamp_pl.cli.build import build_datamodule
+from clamp_pl.cli.config import config_dir
+from clamp_pl.cli.run import instantiate_loggers, print_config_tree, task_wrapper, write_json
 from clamp_pl.data.datamodule import PoseDataModule
-from clamp_pl.pose_module import PoseLitModule
+from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint, run_config_file
 from clamp_pl.spec import LEGACY_DATA_KEYS, SPEC_DATA_KEYS, ModelSpec
-from clamp_pl.utils.config import config_dir
-from clamp_pl.utils.run import instantiate_loggers, print_config_tree, task_wrapper, write_json
+from clamp_pl.training.module import PoseLitModule
 
 log = logging.getLogger("clamp_pl")
 

@@ -9,7 +9,7 @@ cv2 is needed to predict with it. Training, evaluation and inference all build f
 * :meth:`ModelSpec.build_codec` -> the ONE :class:`clamp_pl.codecs.MSRAHeatmap` that makes the training targets
   and decodes the predictions;
 * :meth:`ModelSpec.dataset_meta` -> the :class:`clamp_pl.data.metainfo.DatasetMeta` of the keypoints;
-* ``input_size``, ``mean``/``std`` and ``padding`` -> the crop of :func:`clamp_pl.data.transforms.crop_and_normalize`.
+* ``input_size``, ``mean``/``std`` and ``padding`` -> the crop of :func:`clamp_pl.core.preprocess.crop_and_normalize`.
 
 Derived values (the feature grid, the heatmap size) are computed once, from the network, when the spec is built
 (:func:`network_geometry`), and recorded in it.
@@ -316,9 +316,9 @@ def make_spec(
 ) -> ModelSpec:
     """A spec from the network arguments and the keypoint meta, with the input size, feature grid and heatmap
     size derived from the network (:func:`network_geometry`); ``normalization`` names a mean/std pair of
-    :data:`clamp_pl.data.transforms.NORMALIZATION`. No argument has a default here: the defaults live in the
+    :data:`clamp_pl.core.preprocess.NORMALIZATION`. No argument has a default here: the defaults live in the
     configs (``conf/model``, ``conf/data/_base.yaml``)."""
-    from clamp_pl.data.transforms import NORMALIZATION
+    from clamp_pl.core.preprocess import NORMALIZATION
 
     net = dict(net)
     for derived in ("heatmap_size", "feature_stride", "prompts"):

@@ -20,11 +20,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from clamp_pl.build import build_training
-from clamp_pl.callbacks.checkpoint_io import AtomicCheckpointIO
-from clamp_pl.checkpoint import is_model_file, resolve_checkpoint
-from clamp_pl.utils.config import config_dir
-from clamp_pl.utils.run import (
+from clamp_pl.cli.build import build_training
+from clamp_pl.cli.config import config_dir
+from clamp_pl.cli.run import (
     instantiate_callbacks,
     instantiate_loggers,
     log_hyperparameters,
@@ -32,6 +30,8 @@ from clamp_pl.utils.run import (
     task_wrapper,
     write_json,
 )
+from clamp_pl.inference.checkpoint import is_model_file, resolve_checkpoint
+from clamp_pl.training.callbacks.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger("clamp_pl")
 

@@ -79,7 +79,7 @@ import cv2
 import numpy as np
 import torch
 
-from clamp_pl.utils.run import flops_of
+from clamp_pl.cli.run import flops_of
 
 REPO = Path(__file__).resolve().parents[1]
 # glibc malloc keeps freed memory (see the module docstring); read by glibc at process start
@@ -332,7 +332,7 @@ def ap10k_like_set(root: Path, n_synthetic: int = 24, seed: int = 0) -> tuple[Pa
 @contextlib.contextmanager
 def composed(overrides: list[str]):
     """``conf/train.yaml`` composed by Hydra with ``overrides`` (the DictConfig, inside the context)."""
-    from clamp_pl.utils.config import compose_config
+    from clamp_pl.cli.config import compose_config
 
     with tempfile.TemporaryDirectory() as d:
         yield compose_config("train", overrides, Path(d))
@@ -340,10 +340,10 @@ def composed(overrides: list[str]):
 
 def model_config(name: str) -> dict[str, Any]:
     """``conf/model/<name>.yaml`` composed by Hydra and resolved, plus ``"spec"``: the model spec for the AP-10K
-    keypoints (:func:`clamp_pl.build.build_spec`: heatmap size and feature grid derived from the network)."""
+    keypoints (:func:`clamp_pl.cli.build.build_spec`: heatmap size and feature grid derived from the network)."""
     from omegaconf import OmegaConf
 
-    from clamp_pl.build import build_spec
+    from clamp_pl.cli.build import build_spec
     from clamp_pl.data.metainfo import get_meta
 
     with composed([f"model={name}"]) as cfg:
@@ -389,9 +389,9 @@ def synthetic_batch(model, batch: int, heatmap_size: tuple[int, int]) -> dict[st
 
 
 def make_optimizer(model, cfg: dict[str, Any], fused: bool = True) -> torch.optim.Optimizer:
-    """``PoseLitModule``'s AdamW (:mod:`clamp_pl.optim`) with the optimiser settings of the :func:`model_config`
+    """``PoseLitModule``'s AdamW (:mod:`clamp_pl.training.optim`) with the optimiser settings of the :func:`model_config`
     ``cfg``; fused as the module makes it by default (``optimizer.fused: auto``)."""
-    from clamp_pl.optim import adamw, param_groups
+    from clamp_pl.training.optim import adamw, param_groups
 
     o = cfg["optimizer"]
     groups = param_groups(model, lr=o["lr"], weight_decay=o["weight_decay"], backbone_lr_mult=o["backbone_lr_mult"],
@@ -428,10 +428,11 @@ def single_threaded():
 
 def bench_data(repeats: int, workdir: Path) -> list[Row]:
     from clamp_pl.codecs import MSRAHeatmap
-    from clamp_pl.data.coco import load_coco_instances
+    from clamp_pl.core.geometry import bbox_xywh_to_center_scale, get_warp_matrix
     from clamp_pl.data.dataset import TopDownDataset
     from clamp_pl.data.metainfo import get_meta
-    from clamp_pl.data.transforms import TopDownTransform, bbox_xywh_to_center_scale, get_warp_matrix
+    from clamp_pl.data.transforms import TopDownTransform
+    from clamp_pl.formats.coco import load_coco_instances
 
     ann, img_dir = ap10k_like_set(workdir / "data")
     meta = get_meta("ap10k")
@@ -638,7 +639,7 @@ def bench_text(models: list[str], repeats: int | None, text_model: str = "ViT-B-
 
 
 def bench_flip(models: list[str], repeats: int | None, batch: int) -> list[Row]:
-    from clamp_pl.pose_module import PoseLitModule
+    from clamp_pl.training.module import PoseLitModule
 
     rows = []
     for key in models:
@@ -733,7 +734,8 @@ def bench_eval(repeats: int | None, n_instances: int, n_images: int, workdir: Pa
     from xtcocotools.coco import COCO
     from xtcocotools.cocoeval import COCOeval
 
-    from clamp_pl.evaluation import CocoKeypointAP, evaluate_keypoints
+    from clamp_pl.evaluation import evaluate_keypoints
+    from clamp_pl.evaluation.metric import CocoKeypointAP
 
     reps = repeats or DEFAULT_REPEATS["eval"]
     gt, preds, scores = synthetic_ap10k_eval(n_instances, n_images)

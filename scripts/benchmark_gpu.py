@@ -54,8 +54,8 @@ from benchmark import (  # noqa: E402  (the sibling script, importable once its 
     train_augment,
 )
 
+from clamp_pl.cli.run import flops_of  # noqa: E402
 from clamp_pl.models import CLAMPLoss  # noqa: E402
-from clamp_pl.utils.run import flops_of  # noqa: E402
 
 Step = Callable[[dict[str, torch.Tensor]], None]
 
@@ -191,10 +191,10 @@ class Runner:
         """The loader alone with full and with reduced-resolution JPEG decoding (``data.reduced_decode``), then
         the training step fed by the default (full decoding), eager, CLAMP and baseline."""
         from clamp_pl.codecs import MSRAHeatmap
-        from clamp_pl.data.coco import load_coco_instances
         from clamp_pl.data.dataset import TopDownDataset
         from clamp_pl.data.metainfo import get_meta
         from clamp_pl.data.transforms import TopDownTransform
+        from clamp_pl.formats.coco import load_coco_instances
 
         a = self.args
         ann, img_dir = ap10k_like_set(workdir / "jpegs", n_synthetic=a.loader_images)

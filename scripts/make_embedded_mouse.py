@@ -40,7 +40,7 @@ CollectedData_Pranav.csv, config.yaml). Produced by `scripts/make_embedded_mouse
 - config.yaml copied unchanged (bodyparts snout, leftear, rightear, tailbase; no skeleton).
 
 Content: one mouse, top-down view, open-field arena; all 4 keypoints labelled in all 116 frames (labeller
-Pranav Mamidanna). Consecutive frames come from one video, so `clamp_pl.data.dlc.ensure_mouse_openfield`
+Pranav Mamidanna). Consecutive frames come from one video, so `clamp_pl.formats.dlc.ensure_mouse_openfield`
 holds out contiguous blocks: frames 100-115 test, 90-99 val, 0-89 train.
 
 ## License / attribution

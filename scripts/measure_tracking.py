@@ -3,7 +3,7 @@ from the labels.
 
 The 116 DeepLabCut mouse frames shipped with the package (``clamp_pl/resources/dlc_openfield``, one video's
 frames in order) are written as an mp4v video; a trained mouse model (``python -m clamp_pl.train
-experiment=demo``) predicts it three ways through :func:`clamp_pl.video.run_video_prediction` and the API:
+experiment=demo``) predicts it three ways through :func:`clamp_pl.inference.video.run_video_prediction` and the API:
 
 * ``whole-frame``: one box = the whole frame (``track=none``, no boxes), the baseline;
 * ``follow``: ``track=follow`` with the default ``follow`` settings of ``conf/predict.yaml``;
@@ -31,10 +31,11 @@ import numpy as np
 import torch
 
 from clamp_pl.api import load_model
-from clamp_pl.data.dlc import keypoint_box, read_dlc_csv
+from clamp_pl.core.geometry import keypoint_box
 from clamp_pl.evaluation.pck import pck
-from clamp_pl.tracking import FollowConfig
-from clamp_pl.video import iter_frames, run_video_prediction
+from clamp_pl.formats.dlc import read_dlc_csv
+from clamp_pl.inference.tracking import FollowConfig
+from clamp_pl.inference.video import iter_frames, run_video_prediction
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ROOT / "clamp_pl" / "resources" / "dlc_openfield" / "labeled-data" / "m4s1" / "CollectedData_Pranav.csv"
@@ -95,7 +96,7 @@ def main() -> None:
     n, k = gt.shape[:2]
     assert len(decoded) == n, f"{video}: {len(decoded)} frames decoded, {n} written"
     h, w = decoded[0].shape[:2]
-    boxes = np.array([keypoint_box(g, (w, h)) for g in gt])
+    boxes = np.array([keypoint_box(g, clip_to=(w, h)) for g in gt])
     norm = boxes[:, 2:].max(1)
     visible = np.isfinite(gt).all(-1)
 

@@ -6,7 +6,7 @@ Usage::
 
 Writes ``<out>/annotations/animalpose_{train,val,test}.json`` (species kept as category ids) and
 ``animalpose_skipped.json``, prints the images and instances of each split and every skipped record (the release
-has one annotation whose image is not listed); see ``clamp_pl/data/animalpose.py`` for the mapping and the split.
+has one annotation whose image is not listed); see ``clamp_pl/formats/animalpose.py`` for the mapping and the split.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clamp_pl.data.animalpose import VAL_INSTANCES, prepare_animalpose
+from clamp_pl.formats.animalpose import VAL_INSTANCES, prepare_animalpose
 
 
 def main() -> None:

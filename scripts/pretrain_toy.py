@@ -3,7 +3,7 @@
 The tiny CLAMP (``model=clamp_tiny``, random init) is trained from scratch on the toy set with the zero-shot
 protocol's split, every toy family but Equidae (``experiment=pretrain_toy``), so the toy horses and zebras stay
 unseen for the demo's few-shot and zero-shot jobs. The best checkpoint (by val AP on the seen families) becomes a
-compact model file with fp16 weights (``clamp_pl.checkpoint.save_model_file``), and a JSON file beside it
+compact model file with fp16 weights (``clamp_pl.inference.checkpoint.save_model_file``), and a JSON file beside it
 records how it was made (command, seed, data version, wall time, machine) and the metrics of the shipped fp16
 weights, measured on the file itself; ``tests/test_pretrained_toy.py`` re-measures them.
 
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from clamp_pl.build import build_datamodule, build_spec
-from clamp_pl.checkpoint import load_checkpoint, resolve_checkpoint, save_model_file
-from clamp_pl.demo import PRETRAINED, measure_pretrained
+from clamp_pl.cli.build import build_datamodule, build_spec
+from clamp_pl.cli.config import compose_config, project_root
+from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint, save_model_file
 from clamp_pl.spec import ModelSpec
-from clamp_pl.utils.config import compose_config, project_root
+from clamp_pl.tools.demo import PRETRAINED, measure_pretrained
 
 EXPERIMENT = "experiment=pretrain_toy"
 

@@ -75,7 +75,7 @@ def compose_cfg(config_name: str, overrides, output_dir: Path, data_dir: Path):
     """Compose conf/<config_name>.yaml as the CLI would, with the run dir at ``output_dir``."""
     from omegaconf import open_dict
 
-    from clamp_pl.utils.config import compose_config
+    from clamp_pl.cli.config import compose_config
 
     cfg = compose_config(config_name, list(overrides), output_dir)
     with open_dict(cfg):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from clamp_pl.aggregate import aggregate, collect, main
+from clamp_pl.tools.aggregate import aggregate, collect, main
 
 
 def _job(root: Path, name: str, shots: int, seed: int, ap: float, done: bool = True, **extra) -> None:

@@ -69,9 +69,9 @@ def test_box_formats_and_defaults(est, sample):
 
 def test_crop_matches_test_pipeline(est, sample, data_dir):
     """The API's crop is the test-time dataset's crop: one function, the very same tensor."""
-    from clamp_pl.data.coco import load_coco_instances
     from clamp_pl.data.metainfo import get_meta
     from clamp_pl.data.transforms import TopDownTransform
+    from clamp_pl.formats.coco import load_coco_instances
 
     ann_file = next((data_dir / "toy_ap10k").rglob("*test*.json"))
     meta = get_meta("ap10k")

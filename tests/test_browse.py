@@ -1,4 +1,4 @@
-"""``clamp_pl.browse``: the crops drawn are the DataModule's own (augmented for train), reproducible per seed."""
+"""``clamp_pl.tools.browse``: the crops drawn are the DataModule's own (augmented for train), reproducible per seed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from clamp_pl.browse import browse, overlay_heatmaps, render_samples
+from clamp_pl.tools.browse import browse, overlay_heatmaps, render_samples
 
 
 def test_overlay_keeps_cold_pixels_and_colours_the_peaks():
@@ -21,7 +21,7 @@ def test_overlay_keeps_cold_pixels_and_colours_the_peaks():
 
 @pytest.fixture
 def toy_dm(make_cfg):
-    from clamp_pl.build import build_datamodule, build_spec
+    from clamp_pl.cli.build import build_datamodule, build_spec
 
     cfg = make_cfg(config_name="browse")
     dm = build_datamodule(cfg)

@@ -11,7 +11,7 @@ import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from clamp_pl.utils.config import config_dir, group_choices
+from clamp_pl.cli.config import config_dir, group_choices
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 

@@ -1,4 +1,4 @@
-"""``clamp_pl.loggers.CSVLogger`` keeps an existing ``metrics.csv`` (a resumed run) and appends to it, without
+"""``clamp_pl.training.loggers.CSVLogger`` keeps an existing ``metrics.csv`` (a resumed run) and appends to it, without
 Lightning's "directory is not empty, files will be deleted" warning (a Hydra run dir is never empty)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import warnings
 
-from clamp_pl.loggers import CSVLogger
+from clamp_pl.training.loggers import CSVLogger
 
 
 def test_existing_rows_kept_new_columns_added(tmp_path):

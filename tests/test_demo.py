@@ -1,4 +1,4 @@
-"""``make demo`` (``clamp_pl.demo``), shortened: every job runs on the embedded data (the few-shot pair from the
+"""``make demo`` (``clamp_pl.tools.demo``), shortened: every job runs on the embedded data (the few-shot pair from the
 shipped starting point and from scratch, the zero-shot job from the starting point without training), the summary
 names the metrics and pictures, the pictures exist and the closing note names the real experiment."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clamp_pl.demo import JOBS, PRETRAINED, conclusion, print_summary, run_demo
+from clamp_pl.tools.demo import JOBS, PRETRAINED, conclusion, print_summary, run_demo
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
          "+trainer.limit_test_batches=1", "data.num_workers=0", "data.persistent_workers=false",

@@ -1,4 +1,4 @@
-"""The optional animal detector (clamp_pl.detector): a randomly initialised torchvision model (nothing
+"""The optional animal detector (clamp_pl.inference.detector): a randomly initialised torchvision model (nothing
 downloaded) through the wrapper, weights from a local file, and the message when there are none."""
 
 from __future__ import annotations
@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from clamp_pl.detector import COCO_ANIMALS, DetectorWeightsMissing, TorchvisionDetector, build_detector
+from clamp_pl.inference.detector import (
+    COCO_ANIMALS,
+    DetectorWeightsMissing,
+    TorchvisionDetector,
+    build_detector,
+)
 
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from clamp_pl.api import load_model
-from clamp_pl.export import export, export_onnx
+from clamp_pl.export import export
+from clamp_pl.inference.onnx import export_onnx
 
 
 @pytest.fixture(scope="module")

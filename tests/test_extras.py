@@ -10,8 +10,8 @@ import pytest
 from conftest import REPO
 from omegaconf import OmegaConf
 
+from clamp_pl.cli.run import task_wrapper
 from clamp_pl.train import objective_value
-from clamp_pl.utils.run import task_wrapper
 
 
 def test_every_extras_switch_is_read_by_the_code():

@@ -1,4 +1,4 @@
-"""python -m clamp_pl.import_official: an official-layout checkpoint of a tiny CLAMP becomes a run dir that
+"""python -m clamp_pl.tools.import_official: an official-layout checkpoint of a tiny CLAMP becomes a run dir that
 load_model and eval accept, with the network, weights and official test settings of the checkpoint."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def imported(official_pth, ap10k_root, tmp_path_factory) -> Path:
     from conftest import compose_cfg
     from hydra.core.global_hydra import GlobalHydra
 
-    from clamp_pl.import_official import import_official
+    from clamp_pl.tools.import_official import import_official
 
     path, _ = official_pth
     out = tmp_path_factory.mktemp("imported") / "clamp_vitb16_official"
@@ -102,7 +102,7 @@ def test_wrong_dataset_is_named(official_pth, ap10k_root, tmp_path):
     from conftest import compose_cfg
     from hydra.core.global_hydra import GlobalHydra
 
-    from clamp_pl.import_official import import_official
+    from clamp_pl.tools.import_official import import_official
 
     path, _ = official_pth
     cfg = compose_cfg("import_official", _overrides(path, tmp_path, ap10k_root, data="animalpose"), tmp_path,
@@ -116,7 +116,7 @@ def test_wrong_dataset_is_named(official_pth, ap10k_root, tmp_path):
 def test_cli_takes_the_checkpoint_as_a_positional_path(official_pth, tmp_path):
     path, _ = official_pth
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "clamp_pl.import_official", str(path), "model=clamp_vitb16",
+    cmd = [sys.executable, "-m", "clamp_pl.tools.import_official", str(path), "model=clamp_vitb16",
            "model.net.clip_model=clamp-tiny-vit", "data=ap10k", f"out={out}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]

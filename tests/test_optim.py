@@ -1,4 +1,4 @@
-"""``clamp_pl.optim``: the parameter groups are those PoseLitModule built inline before they moved here, and the
+"""``clamp_pl.training.optim``: the parameter groups are those PoseLitModule built inline before they moved here, and the
 module and the benchmark scripts use them."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from clamp_pl.data.metainfo import DatasetMeta
 from clamp_pl.models import CLAMP
 from clamp_pl.models.clamp import no_weight_decay
-from clamp_pl.optim import adamw, fused_supported, param_groups
-from clamp_pl.pose_module import PoseLitModule
 from clamp_pl.spec import make_spec
+from clamp_pl.training.module import PoseLitModule
+from clamp_pl.training.optim import adamw, fused_supported, param_groups
 
 NET = dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
            upconv_num_deconv=3, upconv_channels=16)
@@ -91,7 +91,7 @@ def test_adamw_fused_choice_and_errors(net):
 
 
 def test_benchmark_scripts_build_the_module_groups(net, monkeypatch):
-    """The benchmark scripts take their optimiser from clamp_pl.optim, with the configured lr, decay and backbone
+    """The benchmark scripts take their optimiser from clamp_pl.training.optim, with the configured lr, decay and backbone
     multiplier (benchmark_gpu.py imports benchmark.py's)."""
     from conftest import REPO
 

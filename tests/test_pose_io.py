@@ -1,4 +1,4 @@
-"""DeepLabCut-layout pose tables (clamp_pl.pose_io): read back with pandas as DeepLabCut / lightning-pose users
+"""DeepLabCut-layout pose tables (clamp_pl.inference.pose_io): read back with pandas as DeepLabCut / lightning-pose users
 do, HDF5 where PyTables is installed, and temporal smoothing that is written beside the raw table."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clamp_pl.pose_io import (
+from clamp_pl.inference.pose_io import (
     PoseTable,
     smooth_trajectories,
     table_from_instances,

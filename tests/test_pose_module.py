@@ -14,9 +14,9 @@ from conftest import TEST_DATA, compose_cfg
 from torch.utils.data import DataLoader, Dataset
 
 from clamp_pl.data.metainfo import DatasetMeta
-from clamp_pl.decoding import flip_back
-from clamp_pl.pose_module import PoseLitModule
+from clamp_pl.inference.postprocess import flip_back
 from clamp_pl.spec import make_spec
+from clamp_pl.training.module import PoseLitModule
 
 PROMPTS = ["left eye", "right eye", "nose", "left paw", "right paw"]
 FLIP = [1, 0, 2, 4, 3]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clamp_pl.checkpoint import MODEL_FILE_KEY, load_checkpoint, read_checkpoint_file
 from clamp_pl.data.toy import GENERATOR_VERSION
-from clamp_pl.demo import PRETRAINED, PRETRAINED_EVALS, RECORDED, measure_pretrained
+from clamp_pl.inference.checkpoint import MODEL_FILE_KEY, load_checkpoint, read_checkpoint_file
+from clamp_pl.tools.demo import PRETRAINED, PRETRAINED_EVALS, RECORDED, measure_pretrained
 
 RECORD = json.loads(PRETRAINED.with_suffix(".json").read_text())
 

@@ -16,11 +16,11 @@ import torch
 from conftest import FAST_OVERRIDES, compose_cfg
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from clamp_pl.callbacks.safety import NonFiniteLossError
-from clamp_pl.data.coco import DataError
 from clamp_pl.data.datamodule import ToyAP10KDataModule
-from clamp_pl.pose_module import PoseLitModule
+from clamp_pl.formats.coco import DataError
 from clamp_pl.train import train
+from clamp_pl.training.callbacks.safety import NonFiniteLossError
+from clamp_pl.training.module import PoseLitModule
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = [*FAST_OVERRIDES, "experiment=supervised_toy", "data.batch_size=4", "trainer.limit_train_batches=2",

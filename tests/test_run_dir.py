@@ -5,6 +5,7 @@ run dir alone."""
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import shutil
@@ -17,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from clamp_pl import checkpoint
 from clamp_pl.api import coco_result, load_model
-from clamp_pl.checkpoint import SPEC_KEY, atomic_torch_save, load_checkpoint, save_model_file
+from clamp_pl.inference import checkpoint
+from clamp_pl.inference.checkpoint import SPEC_KEY, atomic_torch_save, load_checkpoint, save_model_file
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_QUIET = ["extras.print_config=false", "trainer.enable_progress_bar=false"]
@@ -60,7 +61,7 @@ def _legacy_copy(run: Path, dest: Path) -> Path:
 def test_legacy_checkpoint_loads_and_predicts_the_same(tiny_run, tmp_path, caplog):
     legacy = _legacy_copy(tiny_run, tmp_path / "legacy")
     checkpoint._warned_legacy.clear()
-    with caplog.at_level(logging.WARNING, logger="clamp_pl.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="clamp_pl.inference.checkpoint"):
         spec_old, state_old = load_checkpoint(legacy)
         load_checkpoint(legacy)
     assert caplog.text.count("written before checkpoints carried a model spec") == 1  # warned once
@@ -88,7 +89,7 @@ def test_legacy_run_dir_evaluates_on_its_own_data(tiny_run, tmp_path, make_cfg):
 
 
 def test_model_file_works_wherever_a_checkpoint_does(tiny_run, tmp_path, make_cfg):
-    from clamp_pl.build import build_training
+    from clamp_pl.cli.build import build_training
     from clamp_pl.eval import evaluate
 
     spec, state = load_checkpoint(tiny_run)
@@ -111,8 +112,8 @@ def test_model_file_works_wherever_a_checkpoint_does(tiny_run, tmp_path, make_cf
 
 
 def test_resume_from_a_run_dir_whose_last_checkpoint_is_truncated(tiny_run, tmp_path, make_cfg, caplog):
-    from clamp_pl.callbacks.checkpoint_io import AtomicCheckpointIO
     from clamp_pl.train import train
+    from clamp_pl.training.callbacks.checkpoint_io import AtomicCheckpointIO
 
     run = tmp_path / "crashed"
     shutil.copytree(tiny_run / "checkpoints", run / "checkpoints")
@@ -123,7 +124,7 @@ def test_resume_from_a_run_dir_whose_last_checkpoint_is_truncated(tiny_run, tmp_
     epoch = torch.load(_best(tiny_run), weights_only=True)["epoch"]
     cfg = make_cfg("experiment=supervised_toy", f"ckpt_path={run}", f"trainer.max_epochs={epoch + 2}",
                    "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "test=false")
-    with caplog.at_level(logging.WARNING, logger="clamp_pl.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="clamp_pl.inference.checkpoint"):
         _, objs = train(cfg)
     assert "last.ckpt: not a readable checkpoint" in caplog.text and "using" in caplog.text
     trainer = objs["trainer"]
@@ -133,24 +134,61 @@ def test_resume_from_a_run_dir_whose_last_checkpoint_is_truncated(tiny_run, tmp_
     assert not [p for p in new_last.parent.iterdir() if p.suffix == ".tmp"]
 
 
-def test_inference_imports_neither_lightning_nor_hydra(tiny_run):
-    """In a fresh interpreter: import the inference modules, load a run, predict, and run the export wrapper of
-    the network; no Lightning, Hydra or OmegaConf module may be loaded (the slow test below exports to ONNX)."""
+#: what inference must never import: the training, configuration and experiment-tracking stacks
+TRAINING_STACK = ("pytorch_lightning", "lightning", "lightning_fabric", "hydra", "omegaconf", "torchmetrics",
+                  "xtcocotools", "wandb")
+
+
+def test_inference_imports_neither_lightning_nor_hydra(tiny_run, tmp_path):
+    """In a fresh interpreter: import every inference module, load a run, predict an image folder and a video
+    and run the export wrapper of the network; none of :data:`TRAINING_STACK` may be loaded (the slow test below
+    exports to ONNX)."""
     code = textwrap.dedent(f"""
-        import sys
+        import importlib, pkgutil, sys, traceback
+        STACK = {TRAINING_STACK!r}
+        who = {{}}  # guarded library -> the file that first imported it
+
+        class Watch:
+            def find_spec(self, name, path=None, target=None):
+                top = name.split(".")[0]
+                if top in STACK and top not in who:
+                    frames = [f.filename for f in traceback.extract_stack()
+                              if "importlib" not in f.filename and f.filename != "<string>"]
+                    who[top] = frames[-1] if frames else "?"
+                return None
+
+        sys.meta_path.insert(0, Watch())
+        import cv2
         import numpy as np
         import torch
-        import clamp_pl.api, clamp_pl.video, clamp_pl.export
+        import clamp_pl.api, clamp_pl.inference
+        for m in pkgutil.iter_modules(clamp_pl.inference.__path__):
+            importlib.import_module("clamp_pl.inference." + m.name)
+        from clamp_pl.inference.images import ImageJob, run_prediction
+        from clamp_pl.inference.video import run_video_prediction
+        from pathlib import Path
+        out = Path({str(tmp_path)!r})
         est = clamp_pl.api.load_model({str(tiny_run)!r}, device="cpu")
         est.predict(np.zeros((64, 80, 3), np.uint8), flip_test=True)
-        clamp_pl.export.HeatmapModel(est.net)(torch.zeros(1, 3, *est.input_size[::-1]))
-        bad = sorted(m for m in sys.modules
-                     if m.split(".")[0] in ("pytorch_lightning", "lightning", "lightning_fabric", "hydra", "omegaconf"))
-        print("LOADED", bad)
+        cv2.imwrite(str(out / "a.png"), np.zeros((64, 80, 3), np.uint8))
+        run_prediction(est, [ImageJob(out / "a.png", "a.png", 0)], out / "images", visualize=True)
+        w = cv2.VideoWriter(str(out / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (80, 64))
+        for _ in range(3):
+            w.write(np.zeros((64, 80, 3), np.uint8))
+        w.release()
+        run_video_prediction(est, out / "v.avi", out / "video", track="follow", visualize=False)
+        clamp_pl.inference.onnx.HeatmapModel(est.net)(torch.zeros(1, 3, *est.input_size[::-1]))
+        loaded = sorted({{m.split(".")[0] for m in sys.modules}} & set(STACK))
+        print("LOADED", {{m: who.get(m, "?") for m in loaded}})
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "LOADED []" in out.stdout, out.stdout
+    loaded = ast.literal_eval(out.stdout.split("LOADED ", 1)[1].strip().splitlines()[0])
+    # timm (open_clip's dependency) tries ``import wandb`` in timm.utils.summary whenever wandb is installed; no
+    # clamp_pl module may import any of these, directly or through another clamp_pl module
+    ours = {m: f for m, f in loaded.items() if "clamp_pl" in f or "site-packages" not in f}
+    assert not ours, ours
+    assert set(loaded) <= {"wandb"} and all("/timm/" in f for f in loaded.values()), loaded
 
 
 # ---------------------------------------------------------------- a new user's session, end to end
@@ -217,3 +255,31 @@ def test_non_default_input_size_run_dir_is_the_model(tmp_path, data_dir):
     side = json.loads((tmp_path / "model.json").read_text())
     assert side["input_size"] == [96, 96] and side["heatmap_size"] == [24, 24]
     assert side["verified_max_abs_diff"] <= 1e-4
+
+
+def test_run_dir_written_before_the_layout_change_still_evaluates(tmp_path, monkeypatch, make_cfg):
+    """``tests/fixtures/run_dir_v1``: a run dir written by the code before the package layout changed (image-only
+    tiny ViT, 2 training batches; its optimiser state removed to keep it small). Its spec names the datamodule by
+    the module path of that time (``clamp_pl.data.datamodule.ToyAP10KDataModule``) and its data root relatively
+    (``data/toy_ap10k``, generated here). ``eval ckpt_path=<run dir>`` gives the metrics that code's own eval gave
+    (``run_dir_v1_eval_results.json``)."""
+    from clamp_pl.eval import evaluate
+
+    fixture = REPO / "tests" / "fixtures" / "run_dir_v1"
+    spec, _ = load_checkpoint(fixture)
+    assert spec.data["config"]["_target_"] == "clamp_pl.data.datamodule.ToyAP10KDataModule"
+    run = tmp_path / "old_run"
+    shutil.copytree(fixture, run)
+    monkeypatch.chdir(tmp_path)
+    cfg = make_cfg(f"ckpt_path={run}", *EVAL_QUIET, config_name="eval", fast=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the expected metrics were computed at one thread: same summation order
+    try:
+        metrics, objs = evaluate(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    expected = json.loads((REPO / "tests" / "fixtures" / "run_dir_v1_eval_results.json").read_text())
+    assert objs["datamodule"].name == "toy_ap10k"
+    assert set(expected) <= set(metrics)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-6), key

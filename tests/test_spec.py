@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clamp_pl.checkpoint import (
+from clamp_pl.data.metainfo import get_meta
+from clamp_pl.inference.checkpoint import (
     SPEC_KEY,
     CheckpointError,
     atomic_torch_save,
@@ -20,7 +21,6 @@ from clamp_pl.checkpoint import (
     resolve_checkpoint,
     save_model_file,
 )
-from clamp_pl.data.metainfo import get_meta
 from clamp_pl.spec import ModelSpec, make_spec, network_geometry
 
 TINY_NET = dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=96, num_deconv=3, deconv_channels=32,
@@ -57,12 +57,12 @@ def test_geometry_errors_name_the_value():
                                             ("clamp_rn50", [64, 64]), ("clamp_tiny", [32, 32])])
 def test_build_spec_from_the_configs(make_cfg, model, heatmap):
     """Every model config gets its heatmap size from the network (no network is built: nothing downloads)."""
-    from clamp_pl.build import build_spec
+    from clamp_pl.cli.build import build_spec
 
     cfg = make_cfg(f"model={model}")
     spec = build_spec(cfg, get_meta("ap10k"), "toy_ap10k")
     assert list(spec.heatmap_size) == heatmap and spec.input_size == (cfg.model.net.image_size,) * 2
-    assert spec.data["config"]["_target_"].endswith("ToyAP10KDataModule")
+    assert spec.data["config"]["datamodule"] == "toy_ap10k" and "_target_" not in spec.data["config"]
     assert not {"sigma", "normalization", "padding"} & set(spec.data["config"])
 
 
@@ -147,7 +147,7 @@ def test_run_dir_resolution_skips_a_truncated_checkpoint(tmp_path, caplog):
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
     os.utime(last, (3000.0, 3000.0))
-    with caplog.at_level(logging.WARNING, logger="clamp_pl.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="clamp_pl.inference.checkpoint"):
         assert resolve_checkpoint(tmp_path / "run", prefer="last") == best
     assert "skipping" in caplog.text and "last.ckpt" in caplog.text and "not a readable checkpoint" in caplog.text
     assert f"using {best}" in caplog.text

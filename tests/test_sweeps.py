@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clamp_pl.aggregate import aggregate, collect
+from clamp_pl.tools.aggregate import aggregate, collect
 
 REPO = Path(__file__).resolve().parents[1]
 

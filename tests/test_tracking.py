@@ -1,4 +1,4 @@
-"""Following one animal (clamp_pl.tracking) on synthetic sequences with a stub pose model that only sees keypoints
+"""Following one animal (clamp_pl.inference.tracking) on synthetic sequences with a stub pose model that only sees keypoints
 inside its crop, and only when the crop is not much larger than the animal."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clamp_pl.tracking import FollowConfig, Follower, box_from_keypoints, fix_aspect, grid_boxes
+from clamp_pl.core.geometry import fix_box_aspect, keypoint_box
+from clamp_pl.inference.tracking import FollowConfig, Follower, grid_boxes
 
 W, H = 320, 240
 # an animal of 4 keypoints, about 40 x 24 px
@@ -44,12 +45,12 @@ FRAME = np.zeros((H, W, 3), np.uint8)
 
 
 def test_box_helpers():
-    box = box_from_keypoints(np.array([[10.0, 20.0], [50.0, 30.0]]), margin=0.25, min_margin=4.0)
+    box = keypoint_box(np.array([[10.0, 20.0], [50.0, 30.0]]), margin=0.25, min_margin=4.0)
     np.testing.assert_allclose(box, [0.0, 10.0, 60.0, 30.0])  # 40 px extent -> 10 px on each side
-    np.testing.assert_allclose(box_from_keypoints(np.array([[5.0, 5.0]]), 0.25, 4.0), [1, 1, 8, 8])
-    sq = fix_aspect(box, 1.0)
+    np.testing.assert_allclose(keypoint_box(np.array([[5.0, 5.0]]), 0.25, 4.0), [1, 1, 8, 8])
+    sq = fix_box_aspect(box, 1.0)
     np.testing.assert_allclose(sq, [0.0, -5.0, 60.0, 60.0])  # centre (30, 25) kept
-    wide = fix_aspect(np.array([0.0, 0.0, 10.0, 10.0]), 2.0)
+    wide = fix_box_aspect(np.array([0.0, 0.0, 10.0, 10.0]), 2.0)
     np.testing.assert_allclose(wide, [-5.0, 0.0, 20.0, 10.0])
 
 

@@ -131,8 +131,8 @@ def test_eval_refuses_a_model_override_and_other_keypoints(short_run, make_cfg, 
 
 
 def test_init_from_loads_weights(short_run, make_cfg):
-    from clamp_pl.build import build_training
-    from clamp_pl.pose_module import PoseLitModule
+    from clamp_pl.cli.build import build_training
+    from clamp_pl.training.module import PoseLitModule
 
     cfg = make_cfg("experiment=fewshot_toy", f"init_from={short_run}")
     dm, _, model = build_training(cfg, None)

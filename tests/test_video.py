@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from clamp_pl.api import load_model
+from clamp_pl.inference.tracking import grid_boxes
+from clamp_pl.inference.video import VideoReadError, iter_batches, iter_frames, run_video_prediction
 from clamp_pl.predict import predict
-from clamp_pl.tracking import grid_boxes
-from clamp_pl.video import VideoReadError, iter_batches, iter_frames, run_video_prediction
 
 pd = pytest.importorskip("pandas")
 
@@ -172,8 +172,8 @@ def test_follow_rejects_a_boxes_file_and_unknown_modes(tiny_run, video, tmp_path
 
 
 def test_reacquired_boxes_are_drawn_in_their_colour():
-    from clamp_pl.video import REACQUIRED_COLOR
-    from clamp_pl.visualization import draw_instances
+    from clamp_pl.core.viz import draw_instances
+    from clamp_pl.inference.video import REACQUIRED_COLOR
 
     inst = {"bbox": [10.0, 10.0, 30.0, 20.0], "keypoints": np.full((2, 2), 20.0, np.float32),
             "scores": np.zeros(2, np.float32)}

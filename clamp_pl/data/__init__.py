@@ -1,20 +1,5 @@
-"""Data: COCO keypoint files -> validated instances -> protocol splits -> top-down samples.
+"""Training data: keypoint meta, protocol splits, augmentation, datasets and Lightning datamodules.
 
-Only the numpy-level pieces are re-exported here; import ``clamp_pl.data.dataset`` (torch) and
-``clamp_pl.data.datamodule`` (Lightning) explicitly.
+Nothing is imported here, so that the keypoint meta (``clamp_pl.data.metainfo``) can be read by every layer
+without pulling in torch datasets or Lightning.
 """
-
-from clamp_pl.data.coco import DataError, Instance, LoadReport, load_coco_instances
-from clamp_pl.data.metainfo import DatasetMeta, get_meta, meta_from_coco
-from clamp_pl.data.transforms import TopDownTransform
-
-__all__ = [
-    "DataError",
-    "DatasetMeta",
-    "Instance",
-    "LoadReport",
-    "TopDownTransform",
-    "get_meta",
-    "load_coco_instances",
-    "meta_from_coco",
-]

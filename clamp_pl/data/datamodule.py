@@ -20,12 +20,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from clamp_pl.codecs import MSRAHeatmap
-from clamp_pl.data.coco import Instance, LoadReport, load_coco_instances
 from clamp_pl.data.dataset import TopDownDataset
 from clamp_pl.data.metainfo import DatasetMeta, format_meta_table, get_meta, meta_from_coco, meta_table
 from clamp_pl.data.protocols import apply_protocol
 from clamp_pl.data.sources import missing_dataset_error
 from clamp_pl.data.transforms import TopDownAugment, TopDownTransform
+from clamp_pl.formats.coco import Instance, LoadReport, load_coco_instances
 from clamp_pl.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ class MouseOpenfieldDataModule(PoseDataModule):
         self._paths: dict[str, Path] | None = None
 
     def prepare_data(self) -> None:
-        from clamp_pl.data.dlc import ensure_mouse_openfield
+        from clamp_pl.formats.dlc import ensure_mouse_openfield
 
         self._paths = ensure_mouse_openfield(self.root)
 
@@ -375,7 +375,7 @@ class OwnDataModule(PoseDataModule):
     from the names, flip pairs from left/right, sigmas of a known layout or the default) unless ``prompts``
     (K texts, or ``{name: text}``), ``flip_pairs`` (pairs of names or indices; ``[]`` = none) or ``sigmas`` say
     otherwise. The derived table is logged and, with ``report_dir``, written to ``keypoints.md`` /
-    ``keypoints.json`` there, so the choice is never silent (``python -m clamp_pl.inspect_data`` shows it
+    ``keypoints.json`` there, so the choice is never silent (``python -m clamp_pl.tools.inspect_data`` shows it
     before training).
     """
 
@@ -403,7 +403,7 @@ class OwnDataModule(PoseDataModule):
 class DLCDataModule(OwnDataModule):
     """A DeepLabCut project (single- or multi-animal, every video) or a lightning-pose ``CollectedData.csv``,
     converted to COCO in ``root`` (default ``converted_dir/<project name>``) and split per video
-    (:func:`clamp_pl.data.dlc.split_frames`: ``split="blocks"``, a contiguous val and test block at the end of
+    (:func:`clamp_pl.formats.dlc.split_frames`: ``split="blocks"``, a contiguous val and test block at the end of
     every video, or ``split="videos"``, whole held-out videos chosen by ``split_seed``)."""
 
     name = "dlc"
@@ -420,7 +420,7 @@ class DLCDataModule(OwnDataModule):
         self._paths: dict[str, Path] | None = None
 
     def convert(self) -> dict[str, Path]:
-        from clamp_pl.data.dlc import dlc_to_coco
+        from clamp_pl.formats.dlc import dlc_to_coco
 
         if not self.project.exists():
             raise FileNotFoundError(
@@ -479,7 +479,7 @@ class SLEAPDataModule(DLCDataModule):
     name = "sleap"
 
     def convert(self) -> dict[str, Path]:
-        from clamp_pl.data.sleap import slp_to_coco
+        from clamp_pl.formats.sleap import slp_to_coco
 
         return slp_to_coco(self.project, self.root, split=self.split, val_fraction=self.val_fraction,
                            test_fraction=self.test_fraction, seed=self.split_seed, category_name=self.category_name)
@@ -507,3 +507,29 @@ class COCODataModule(OwnDataModule):
 
     def files(self) -> dict[str, tuple[Path, Path]]:
         return _require({s: (p, self.img_dir) for s, p in self.paths.items()}, "coco")
+
+
+#: the datamodules by the registry name a run records (``spec.data["config"]["datamodule"]``): code can move
+#: without breaking old runs, which name their datamodule here rather than by a module path
+DATAMODULES: dict[str, type[PoseDataModule]] = {
+    cls.name: cls for cls in (AP10KDataModule, AnimalPoseDataModule, ToyAP10KDataModule, MouseOpenfieldDataModule,
+                              DLCDataModule, SLEAPDataModule, COCODataModule)
+}
+
+
+def datamodule_class(key: str) -> type[PoseDataModule]:
+    """The datamodule class of a registry name (``"ap10k"``) or of a Hydra ``_target_`` path: configs name their
+    class by path, and runs written before the registry recorded that path (``clamp_pl.data.datamodule.
+    ToyAP10KDataModule``), which is matched by its class name wherever the class lives now."""
+    if key in DATAMODULES:
+        return DATAMODULES[key]
+    by_class = {cls.__name__: cls for cls in DATAMODULES.values()}
+    cls_name = str(key).rsplit(".", 1)[-1]
+    if cls_name in by_class:
+        return by_class[cls_name]
+    raise ValueError(f"unknown datamodule {key!r}: known names {sorted(DATAMODULES)}")
+
+
+def datamodule_name(key: str) -> str:
+    """The registry name of a registry name or ``_target_`` path (see :func:`datamodule_class`)."""
+    return datamodule_class(key).name

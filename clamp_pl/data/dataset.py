@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import Dataset
 
 from clamp_pl.codecs.msra import MSRAHeatmap, peak_cells
-from clamp_pl.data.coco import Instance
 from clamp_pl.data.transforms import TopDownTransform
+from clamp_pl.formats.coco import Instance
 
 __all__ = ["TopDownDataset"]
 
@@ -27,7 +27,7 @@ class TopDownDataset(Dataset):
     training stream.
 
     Args:
-        instances: the records (:func:`clamp_pl.data.coco.load_coco_instances`).
+        instances: the records (:func:`clamp_pl.formats.coco.load_coco_instances`).
         transform: the top-down transform (train or eval).
         codec: heatmap codec; its ``input_size`` must equal the transform's.
         feature_grid: (gw, gh) of the image tower's dense grid, for the feature-loss peak cells.

@@ -12,7 +12,7 @@ nose/eye/ear values in COCO order (L_EarBase 0.026 but R_EarBase 0.035). They ar
 names (compact side markers, glued words and numbers read as English, the side first: ``forelegR1`` -> "right
 fore leg 1"), flip pairs from anatomical left/right only (never near/off, inner/outer), published sigmas for known
 layouts, 0- or 1-based skeletons; whatever the user gives (``data.flip_pairs``, ``data.prompts``,
-``data.sigmas``) wins. :func:`format_meta_table` shows the result (``python -m clamp_pl.inspect_data``).
+``data.sigmas``) wins. :func:`format_meta_table` shows the result (``python -m clamp_pl.tools.inspect_data``).
 """
 
 from __future__ import annotations
@@ -596,7 +596,7 @@ def meta_from_coco(
         log.warning(
             "%s: no OKS sigmas for these %d keypoints: every keypoint gets %g, so AP is only comparable within "
             "this setting. Give the per-keypoint values with data.sigmas=[s1,...,s%d] (the keypoint order of the "
-            "file; see python -m clamp_pl.inspect_data).", source, k, default_sigma, k,
+            "file; see python -m clamp_pl.tools.inspect_data).", source, k, default_sigma, k,
         )
 
     derived_prompts = tuple(name_to_prompt(n) for n in names)

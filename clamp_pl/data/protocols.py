@@ -2,7 +2,7 @@
 
 Pure functions over lists of instance records. Only four attributes are read, so any object with
 ``ann_id``, ``category_id``, ``species`` and ``family`` works (normally
-:class:`clamp_pl.data.coco.Instance`); input order is preserved in every output.
+:class:`clamp_pl.formats.coco.Instance`); input order is preserved in every output.
 
 * ``supervised``: everything, unchanged.
 * ``fewshot``: ``shots`` annotated instances per species (``category_id``) from the training split, or all

@@ -1,7 +1,7 @@
-"""Top-down geometry and image preparation (numpy/cv2 only), as mmpose and CLAMP.
+"""Top-down training augmentation and the dataset transform (numpy/cv2), as mmpose and CLAMP.
 
-Conventions: points are (x, y) image pixels with pixel centres at integer coordinates; ``center`` (2,) and
-``scale`` (2,) = (w, h) describe the crop box in image PIXELS (mmpose 1.x, not /200); ``input_size`` = (W, H).
+Conventions as :mod:`clamp_pl.core.geometry` (image pixels, ``center``/``scale`` in pixels, ``input_size`` (W, H));
+the geometry and the test-time crop this module composes live in :mod:`clamp_pl.core`, shared with inference.
 
 Training (:class:`TopDownAugment`, CLAMP's mmpose 0.x order): box -> centre/scale with the aspect ratio fixed to
 W/H and 1.25 padding; horizontal flip (p 0.5, left/right keypoints swapped); half-body (p 0.3 when more than 8
@@ -14,130 +14,43 @@ on the warped crop. Validation/test: centre/scale + warp only.
 
 Speed (``reduced_decode``, off by default): a JPEG whose crop is shrunk by >= 2x (4x) is decoded at half (quarter)
 resolution by libjpeg (``cv2.IMREAD_REDUCED_COLOR_2/4``): a faster decode (a training sample of an AP-10K-sized
-photo ~1.1x faster in all, ``scripts/benchmark.py`` data case) that also anti-aliases the down-sampling, so the
+photo ~1.1x faster in all, ``python -m benchmarks.cpu`` data case) that also anti-aliases the down-sampling, so the
 pixels differ from a full decode + bilinear warp (CLAMP's).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from clamp_pl.data.coco import DataError, Instance
+from clamp_pl.core.geometry import (
+    affine_points,
+    bbox_xywh_to_center_scale,
+    fix_aspect_ratio,
+    flip_keypoints,
+    flip_matrix,
+    get_warp_matrix,
+)
+from clamp_pl.core.preprocess import NORMALIZATION, crop_and_normalize, normalize_chw, read_image, warp_crop
 from clamp_pl.data.metainfo import DatasetMeta
+from clamp_pl.formats.coco import Instance
 
 __all__ = [
-    "NORMALIZATION",
     "HALF_BODY_CENTERS",
     "SHIFT_MODES",
     "AugmentParams",
     "TopDownAugment",
     "TopDownTransform",
-    "affine_points",
-    "bbox_xywh_to_center_scale",
-    "crop_and_normalize",
     "build_photometric",
-    "fix_aspect_ratio",
-    "flip_keypoints",
-    "get_warp_matrix",
     "half_body_box",
-    "input_to_image_coords",
-    "normalize_chw",
-    "read_image",
-    "warp_crop",
 ]
 
-#: RGB mean and std on the [0, 1] scale. CLAMP normalises with ImageNet statistics even for CLIP towers.
-NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-}
-_JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
-_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
 
-
-# --------------------------------------------------------------------------------------------------- geometry
-def fix_aspect_ratio(scale: np.ndarray, aspect_ratio: float) -> np.ndarray:
-    """Enlarge (w, h) so that w / h = aspect_ratio (mmpose ``_fix_aspect_ratio``). (..., 2) -> (..., 2)."""
-    scale = np.asarray(scale, dtype=np.float64)
-    w, h = scale[..., 0], scale[..., 1]
-    wider = w > h * aspect_ratio
-    return np.stack([np.where(wider, w, h * aspect_ratio), np.where(wider, w / aspect_ratio, h)], axis=-1)
-
-
-def bbox_xywh_to_center_scale(
-    bbox: np.ndarray, aspect_ratio: float, padding: float = 1.25
-) -> tuple[np.ndarray, np.ndarray]:
-    """Box (4,) xywh -> centre (2,) and scale (2,) = (w, h) of the aspect-fixed box enlarged by ``padding``."""
-    x, y, w, h = (float(v) for v in bbox)
-    center = np.array([x + 0.5 * w, y + 0.5 * h])
-    return center, fix_aspect_ratio(np.array([w, h]), aspect_ratio) * padding
-
-
-def get_warp_matrix(
-    center: np.ndarray,
-    scale: np.ndarray,
-    rot_deg: float,
-    output_size: tuple[int, int],
-    inv: bool = False,
-) -> np.ndarray:
-    """The (2, 3) float64 affine matrix mapping image pixels to output pixels (``inv``: output -> image).
-
-    The box centre goes to the output centre (W/2, H/2), the box width ``scale[0]`` to W (the aspect ratio is
-    assumed fixed, as mmpose's ``get_warp_matrix`` without UDP), and the content is rotated by ``rot_deg``
-    counter-clockwise. Equal to ``cv2.getAffineTransform`` on mmpose's three points, in closed form. Float64
-    (cv2 accepts it) keeps round trips exact to ~1e-9 px.
-    """
-    out_w, out_h = output_size
-    k = out_w / float(scale[0])
-    theta = math.radians(rot_deg)
-    c, s = math.cos(theta), math.sin(theta)
-    center = np.asarray(center, dtype=np.float64)
-    dst = np.array([out_w * 0.5, out_h * 0.5])
-    if inv:
-        lin = np.array([[c, -s], [s, c]]) / k
-        return np.hstack([lin, (center - lin @ dst)[:, None]])
-    lin = k * np.array([[c, s], [-s, c]])
-    return np.hstack([lin, (dst - lin @ center)[:, None]])
-
-
-def affine_points(points: np.ndarray, mat: np.ndarray) -> np.ndarray:
-    """Apply a (2, 3) affine matrix to points (..., 2)."""
-    pts = np.asarray(points, dtype=np.float64)
-    return pts @ mat[:, :2].T + mat[:, 2]
-
-
-def input_to_image_coords(
-    keypoints: np.ndarray, center: np.ndarray, scale: np.ndarray, input_size: tuple[int, int]
-) -> np.ndarray:
-    """Map keypoints (N, K, 2) from input pixels back to image pixels, given each crop's centre (N, 2) and
-    scale (N, 2) (no rotation, test time; mmpose ``transform_preds`` without UDP)."""
-    kpts = np.asarray(keypoints, dtype=np.float64)
-    center = np.asarray(center, dtype=np.float64)[:, None, :]
-    scale = np.asarray(scale, dtype=np.float64)[:, None, :]
-    return kpts / np.asarray(input_size, dtype=np.float64) * scale + center - 0.5 * scale
-
-
-def flip_keypoints(keypoints: np.ndarray, width: float, flip_indices: tuple[int, ...] | list[int]) -> np.ndarray:
-    """Mirror keypoints (K, 2 or 3) in an image of ``width`` pixels: x' = width - 1 - x, then swap left/right
-    (row k of the result is the mirrored partner ``flip_indices[k]``). Extra columns move with their rows."""
-    out = np.array(keypoints, dtype=np.float64, copy=True)
-    out[:, 0] = width - 1 - out[:, 0]
-    return out[list(flip_indices)]
-
-
-def _flip_matrix(width: float) -> np.ndarray:
-    """3x3 homogeneous horizontal flip x -> width - 1 - x."""
-    return np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-
-
+# ------------------------------------------------------------------------------------------------ augmentation
 def half_body_box(
     keypoints: np.ndarray,
     upper_body_ids: tuple[int, ...],
@@ -337,33 +250,6 @@ class TopDownAugment:
 
 
 # ------------------------------------------------------------------------------------------------- pixels
-def read_image(path: str, reduce: int = 1, expected_size: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
-    """Read a BGR uint8 image with cv2 (EXIF orientation applied), at 1/``reduce`` resolution when possible.
-
-    Reduced decoding is used only for JPEG files and only when the decoded size is ceil(W / f) x ceil(H / f),
-    i.e. libjpeg's DCT scaling; otherwise the image is decoded in full. Pixel i of a 1/f image covers full
-    pixels f*i .. f*i + f - 1, so x_full = f * x_reduced + (f - 1) / 2.
-
-    Returns:
-        (image (h, w, 3), f) with f in {1, 2, 4} the factor actually used.
-
-    Raises:
-        DataError: the file cannot be read, or its size differs from ``expected_size`` (W, H).
-    """
-    if reduce in _REDUCED_FLAGS and Path(path).suffix.lower() in _JPEG_SUFFIXES:
-        img = cv2.imread(path, _REDUCED_FLAGS[reduce])
-        if img is not None and (expected_size is None or img.shape[:2] == (
-                -(-expected_size[1] // reduce), -(-expected_size[0] // reduce))):
-            return img, reduce
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"{path}: cannot read image (missing, unreadable or not an image)")
-    if expected_size is not None and img.shape[1::-1] != tuple(expected_size):
-        raise DataError(f"{path}: image is {img.shape[1]}x{img.shape[0]} but the annotation says "
-                        f"{expected_size[0]}x{expected_size[1]}")
-    return img, 1
-
-
 def build_photometric(spec: dict[str, Any] | None):
     """An albumentations ``Compose`` of pixel-level transforms, or None.
 
@@ -475,7 +361,7 @@ class TopDownTransform:
             frame_to_input = get_warp_matrix(center, scale, rotation, self.input_size)
             image_to_input = frame_to_input
             if flipped:
-                image_to_input = frame_to_input @ _flip_matrix(img_w)
+                image_to_input = frame_to_input @ flip_matrix(img_w)
             img, f = read_image(instance.image_path, self._reduction(scale), instance.image_size)
             image = warp_crop(img, image_to_input, self.input_size, bgr=True, decode_factor=f)
             chw = normalize_chw(self.augment.apply_photometric(image, rng), self.mean, self.std)
@@ -491,64 +377,3 @@ class TopDownTransform:
         }
 
 
-
-def warp_crop(
-    image: np.ndarray, image_to_input: np.ndarray, input_size: tuple[int, int], *, bgr: bool = False,
-    decode_factor: int = 1,
-) -> np.ndarray:
-    """ONE bilinear ``cv2.warpAffine`` of ``image`` (uint8 (h, w, 3)) by the (2, 3) matrix from full-resolution
-    image pixels to input pixels; returns the RGB uint8 crop (H, W, 3).
-
-    Args:
-        bgr: the image is BGR (cv2's decoding): the channels are swapped on the small crop, which gives the very
-            pixels of warping the RGB image (the warp treats channels alike).
-        decode_factor: the image was decoded at 1/f resolution (:func:`read_image`); reduced pixel x maps to
-            full pixel f * x + (f - 1) / 2.
-    """
-    mat = image_to_input
-    if decode_factor > 1:
-        f = decode_factor
-        off = (f - 1) * 0.5
-        mat = image_to_input @ np.array([[f, 0.0, off], [0.0, f, off], [0.0, 0.0, 1.0]])
-    crop = cv2.warpAffine(image, mat, tuple(input_size), flags=cv2.INTER_LINEAR)
-    return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB) if bgr else crop
-
-
-def normalize_chw(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> float32 (3, H, W) ``(pixel / 255 - mean) / std`` (mean/std on the [0, 1] scale),
-    computed as ``pixel * a - b``; transposing the uint8 crop first and normalising in place is ~8x faster than
-    the float HWC route."""
-    std32 = np.asarray(std, dtype=np.float32)
-    a = (1.0 / (255.0 * std32)).astype(np.float32)
-    b = (np.asarray(mean, dtype=np.float32) / std32).astype(np.float32)
-    chw = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
-    chw *= a[:, None, None]
-    chw -= b[:, None, None]
-    return chw
-
-
-def crop_and_normalize(
-    image: np.ndarray,
-    bbox: Sequence[float],
-    input_size: tuple[int, int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    padding: float,
-    *,
-    bgr: bool = False,
-    decode_factor: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The test-time crop of one box, for evaluation (:class:`TopDownTransform` without augmentation) and
-    inference (:class:`clamp_pl.api.PoseEstimator`) alike.
-
-    The box ``[x, y, w, h]`` (image pixels) becomes a centre and a scale (aspect ratio fixed to W/H, times
-    ``padding``), ONE bilinear warp cuts the crop (:func:`warp_crop`) and it is normalised (:func:`normalize_chw`).
-
-    Returns:
-        crop float32 (3, H, W) normalised RGB, ``center`` (2,) and ``scale`` (2,) float64 in image pixels.
-    """
-    w, h = int(input_size[0]), int(input_size[1])
-    center, scale = bbox_xywh_to_center_scale(np.asarray(bbox[:4], dtype=np.float64), w / h, padding)
-    mat = get_warp_matrix(center, scale, 0.0, (w, h))
-    crop = warp_crop(image, mat, (w, h), bgr=bgr, decode_factor=decode_factor)
-    return normalize_chw(crop, mean, std), center, scale

@@ -1,4 +1,8 @@
-"""Evaluation: OKS AP via xtcocotools (mmpose semantics), per-species/family AP, PCK, swap rate."""
+"""Evaluation: OKS AP via xtcocotools (mmpose semantics), per-species/family AP, PCK, swap rate.
+
+The torchmetrics wrapper used in training is ``clamp_pl.evaluation.metric.CocoKeypointAP``; it is not imported
+here, so that scoring a results file does not load torchmetrics.
+"""
 
 from clamp_pl.evaluation.coco_eval import (
     STAT_NAMES,
@@ -11,16 +15,12 @@ from clamp_pl.evaluation.coco_eval import (
     oks_iou,
     oks_nms,
     per_category_ap,
-    rescore,
-    write_results,
 )
-from clamp_pl.evaluation.metric import CocoKeypointAP
 from clamp_pl.evaluation.pck import keypoint_confusion, pck, pck_per_keypoint, swap_rate
 
 __all__ = [
     "STAT_NAMES",
     "CocoEvalResult",
-    "CocoKeypointAP",
     "SparseCOCOeval",
     "coco_keypoint_eval",
     "evaluate_keypoints",
@@ -32,7 +32,5 @@ __all__ = [
     "pck",
     "pck_per_keypoint",
     "per_category_ap",
-    "rescore",
     "swap_rate",
-    "write_results",
 ]

@@ -8,7 +8,7 @@ Semantics follow mmpose's ``CocoMetric`` (and the mmpose 0.x ``TopDownAp10kDatas
 - Every result carries its instance's true ``category_id``: COCOeval averages AP over categories, so a wrong or
   constant id collapses AP (mmpose #1726).
 - Instance score = box score x mean of the keypoint scores above 0.2 (``score_mode='bbox_keypoint'``), then
-  OKS-NMS at 0.9 per image with the dataset sigmas (:func:`rescore`, :func:`oks_nms`).
+  OKS-NMS at 0.9 per image with the dataset sigmas (:func:`clamp_pl.inference.postprocess.rescore`, :func:`oks_nms`).
 
 Coordinates are image pixels, COCO results are dicts with ``image_id``, ``category_id``, ``keypoints`` (flat
 ``[x, y, score] * K``) and ``score``.
@@ -209,7 +209,7 @@ def evaluate_keypoints(
 
     Returns ``{"AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL"}`` as floats (-1 where
     undefined, as in xtcocotools). Empty ``results`` give AP 0. See :func:`coco_keypoint_eval` for the
-    arguments; rescoring and NMS are the caller's (:func:`rescore`, :func:`oks_nms`).
+    arguments; rescoring and NMS are the caller's (:func:`clamp_pl.inference.postprocess.rescore`, :func:`oks_nms`).
     """
     return coco_keypoint_eval(gt, results, sigmas, use_area=use_area).stats
 
@@ -229,24 +229,6 @@ def per_category_ap(
     Groups without ground truth are left out of the output (no NaN).
     """
     return coco_keypoint_eval(gt, results, sigmas, use_area=use_area).group_ap(groups)
-
-
-def rescore(keypoint_scores: np.ndarray, box_scores: np.ndarray, thr: float = 0.2) -> np.ndarray:
-    """Instance scores as mmpose's ``bbox_keypoint`` mode.
-
-    Args:
-        keypoint_scores: (N, K) keypoint confidences (heatmap maxima).
-        box_scores: (N,) box confidences (1 for ground-truth boxes).
-        thr: only keypoint scores strictly above it enter the mean.
-
-    Returns:
-        (N,) ``box_score * mean(keypoint scores > thr)``, 0 when no keypoint score exceeds ``thr``.
-    """
-    s = np.asarray(keypoint_scores, dtype=np.float64)
-    keep = s > thr
-    n = keep.sum(axis=1)
-    mean = np.where(n > 0, (s * keep).sum(axis=1) / np.maximum(n, 1), 0.0)
-    return np.asarray(box_scores, dtype=np.float64) * mean
 
 
 def oks_iou(
@@ -333,21 +315,3 @@ def oks_nms(results: Sequence[Mapping], sigmas: Sequence[float] | np.ndarray, th
             oks = oks_iou(kpts[best], kpts[rest], areas[best], areas[rest], sigmas)
             order = rest[oks <= thr]
     return [dict(results[i]) for i in sorted(kept)]
-
-
-def write_results(path: str | Path, results: Sequence[Mapping]) -> Path:
-    """Write COCO keypoint results as JSON (the format ``COCO.loadRes`` reads); creates parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(list(results), f, default=_json_default)
-    return path
-
-
-def _json_default(obj: object) -> object:
-    # Results often hold numpy scalars/arrays straight from the decoder.
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

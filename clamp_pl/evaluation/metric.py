@@ -18,8 +18,9 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from clamp_pl.evaluation.coco_eval import coco_keypoint_eval, instance_oks, load_gt, oks_nms, rescore
+from clamp_pl.evaluation.coco_eval import coco_keypoint_eval, instance_oks, load_gt, oks_nms
 from clamp_pl.evaluation.pck import keypoint_confusion, pck, pck_per_keypoint, swap_rate
+from clamp_pl.inference.postprocess import RESCORE_THR, rescore
 
 PCK_THRESHOLDS: tuple[float, ...] = (0.05, 0.1, 0.2)
 #: threshold of the per-keypoint (and per-species) PCK table
@@ -62,7 +63,7 @@ class CocoKeypointAP(Metric):
         families: Mapping[str, Sequence[int]] | None = None,
         flip_pairs: Sequence[tuple[int, int]] | None = None,
         nms_thr: float | None = 0.9,
-        score_thr: float = 0.2,
+        score_thr: float = RESCORE_THR,
         use_area: bool = True,
         **kwargs,
     ) -> None:

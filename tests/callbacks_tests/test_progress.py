@@ -1,4 +1,4 @@
-"""``clamp_pl.callbacks.progress``: the rich bar reads the logged values (a GPU sync each) every N batches; the model
+"""``clamp_pl.training.callbacks.progress``: the rich bar reads the logged values (a GPU sync each) every N batches; the model
 summary is plain text off a terminal and explains (and only then silences) frozen modules in eval mode."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from test_pose_module import RandomPoseData, make_module
 from torch import nn
 from torch.utils.data import DataLoader
 
-from clamp_pl.callbacks import progress
-from clamp_pl.callbacks.progress import ModelSummary, RichProgressBar, frozen_eval_modules
+from clamp_pl.training.callbacks import progress
+from clamp_pl.training.callbacks.progress import ModelSummary, RichProgressBar, frozen_eval_modules
 
 
 def test_metrics_read_every_n_batches(monkeypatch):

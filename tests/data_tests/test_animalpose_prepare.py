@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clamp_pl.data.animalpose import (
+from clamp_pl.data.metainfo import get_meta
+from clamp_pl.data.sources import DatasetNotFoundError, missing_dataset_error, require_path
+from clamp_pl.formats.animalpose import (
     MMPOSE_FROM_RELEASE,
     TRAINVAL_ANN_START,
     convert_animalpose,
@@ -19,8 +21,6 @@ from clamp_pl.data.animalpose import (
     prepare_animalpose,
     split_trainval,
 )
-from clamp_pl.data.metainfo import get_meta
-from clamp_pl.data.sources import DatasetNotFoundError, missing_dataset_error, require_path
 
 REPO = Path(__file__).resolve().parents[2]
 RAW = REPO / "tests" / "data" / "animalpose_raw" / "keypoints.json"
@@ -51,7 +51,7 @@ def test_mmpose_samples_round_trip():
 
 
 def test_converted_samples_load_with_species(tmp_path):
-    from clamp_pl.data.coco import load_coco_instances
+    from clamp_pl.formats.coco import load_coco_instances
 
     path = tmp_path / "animalpose_test.json"
     path.write_text(json.dumps(convert_animalpose(RAW, SAMPLES).splits["test"]))

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from clamp_pl.data.coco import DataError, LoadReport, check_image_file, load_coco_instances
 from clamp_pl.data.metainfo import get_meta
+from clamp_pl.formats.coco import DataError, LoadReport, check_image_file, load_coco_instances
 
 AP10K = get_meta("ap10k")
 JAGUAR_ANN, ANTELOPE_ANN = 9284, 6  # annotation ids of the two AP-10K sample instances

@@ -5,10 +5,10 @@ from conftest import augment_config
 from torch.utils.data import DataLoader
 
 from clamp_pl.codecs import MSRAHeatmap
-from clamp_pl.data.coco import load_coco_instances
 from clamp_pl.data.dataset import TopDownDataset
 from clamp_pl.data.metainfo import get_meta
 from clamp_pl.data.transforms import TopDownAugment, TopDownTransform
+from clamp_pl.formats.coco import load_coco_instances
 
 AP10K = get_meta("ap10k")
 

@@ -13,16 +13,16 @@ from helpers.projects import BODYPARTS as FIXTURE_BODYPARTS
 from helpers.projects import make_dlc_project, make_lightning_pose_project
 from xtcocotools.coco import COCO
 
-from clamp_pl.data.dlc import (
+from clamp_pl.core.geometry import keypoint_box
+from clamp_pl.data.metainfo import meta_from_coco
+from clamp_pl.formats.dlc import (
     RESOURCE_DIR,
     dlc_to_coco,
     ensure_mouse_openfield,
-    keypoint_box,
     read_dlc_csv,
     read_dlc_labels,
     split_frames,
 )
-from clamp_pl.data.metainfo import meta_from_coco
 
 EMBEDDED_CSV = RESOURCE_DIR / "labeled-data" / "m4s1" / "CollectedData_Pranav.csv"
 BODYPARTS = ["snout", "leftear", "rightear", "tailbase"]
@@ -74,9 +74,9 @@ def test_read_variants(tmp_path):
 
 def test_keypoint_box_margin_and_clip():
     xy = np.array([[10.0, 20.0], [50.0, 30.0], [np.nan, np.nan]])
-    assert keypoint_box(xy, (100, 100), margin=0.25) == [0.0, 10.0, 60.0, 30.0]  # pad 10, clipped at x=0
-    assert keypoint_box(np.array([[5.0, 5.0]]), (100, 100), margin=0.25, min_margin=4) == [1.0, 1.0, 8.0, 8.0]
-    assert keypoint_box(np.full((2, 2), np.nan), (100, 100)) is None
+    assert keypoint_box(xy, margin=0.25, clip_to=(100, 100)).tolist() == [0.0, 10.0, 60.0, 30.0]  # pad 10, clipped at x=0
+    assert keypoint_box(np.array([[5.0, 5.0]]), margin=0.25, min_margin=4, clip_to=(100, 100)).tolist() == [1.0, 1.0, 8.0, 8.0]
+    assert keypoint_box(np.full((2, 2), np.nan), clip_to=(100, 100)) is None
 
 
 def test_mouse_openfield_conversion(tmp_path):
@@ -244,7 +244,7 @@ def test_lightning_pose_csv(tmp_path):
 
 
 def test_mouse_loads_through_the_validating_loader(tmp_path):
-    from clamp_pl.data.coco import load_coco_instances
+    from clamp_pl.formats.coco import load_coco_instances
 
     paths = ensure_mouse_openfield(tmp_path)
     meta = meta_from_coco(paths["train"])

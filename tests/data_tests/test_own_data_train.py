@@ -81,7 +81,7 @@ def test_train_dlc_multi_animal(tmp_path):
 def test_inspect_data_prints_and_saves_the_table(test_data, tmp_path, capsys):
     from conftest import compose_cfg
 
-    from clamp_pl.inspect_data import inspect_data
+    from clamp_pl.tools.inspect_data import inspect_data
 
     wild = test_data / "wild"
     cfg = compose_cfg("inspect_data", ["data=coco", f"data.train_ann={wild / 'horse10.json'}",
@@ -99,7 +99,7 @@ def test_inspect_data_prints_and_saves_the_table(test_data, tmp_path, capsys):
 
 def test_own_data_configs_compose():
     """conf/inspect_data.yaml composes with every own-data config."""
-    from clamp_pl.utils.config import compose_config
+    from clamp_pl.cli.config import compose_config
 
     for data in ("coco", "dlc", "sleap", "lightning_pose"):
         cfg = compose_config("inspect_data", [f"data={data}"], Path("/tmp/unused"))

@@ -19,7 +19,7 @@ TAXA = [  # (category id, species, family, number of training instances)
 
 @dataclass
 class Rec:
-    """Stand-in for clamp_pl.data.coco.Instance (protocols only read these attributes)."""
+    """Stand-in for clamp_pl.formats.coco.Instance (protocols only read these attributes)."""
 
     ann_id: int
     category_id: int

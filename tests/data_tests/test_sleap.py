@@ -13,7 +13,7 @@ from clamp_pl.data.metainfo import meta_from_coco
 
 
 def test_missing_extra_names_it(monkeypatch, tmp_path):
-    from clamp_pl.data.sleap import slp_to_coco
+    from clamp_pl.formats.sleap import slp_to_coco
 
     monkeypatch.setitem(sys.modules, "sleap_io", None)  # import sleap_io -> ImportError
     with pytest.raises(ImportError, match=r'pip install -e "\.\[sleap\]"'):
@@ -24,7 +24,7 @@ def test_slp_project_to_coco(tmp_path):
     pytest.importorskip("sleap_io")
     from helpers.projects import BODYPARTS, make_slp_project
 
-    from clamp_pl.data.sleap import slp_to_coco
+    from clamp_pl.formats.sleap import slp_to_coco
 
     slp = make_slp_project(tmp_path / "proj", {"arenaA": 6, "arenaB": 5})
     paths = slp_to_coco(slp, tmp_path / "out", val_fraction=0.2, test_fraction=0.2, category_name="mouse")

@@ -119,7 +119,7 @@ def test_deterministic_and_idempotent(tmp_path, toy):
 
 
 def test_loads_through_the_validating_loader(toy):
-    from clamp_pl.data.coco import load_coco_instances
+    from clamp_pl.formats.coco import load_coco_instances
 
     for split in ("train", "val", "test"):
         insts, _, report = load_coco_instances(toy[split], toy["images"], get_meta("ap10k"), train=split == "train")

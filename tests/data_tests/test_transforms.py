@@ -9,23 +9,19 @@ from conftest import augment_config
 from torch.utils.data import DataLoader
 
 from clamp_pl.codecs import MSRAHeatmap
-from clamp_pl.data.coco import DataError, Instance, load_coco_instances
-from clamp_pl.data.dataset import TopDownDataset
-from clamp_pl.data.metainfo import get_meta
-from clamp_pl.data.transforms import (
-    NORMALIZATION,
-    TopDownAugment,
-    TopDownTransform,
+from clamp_pl.core.geometry import (
     affine_points,
     bbox_xywh_to_center_scale,
-    build_photometric,
     fix_aspect_ratio,
     flip_keypoints,
     get_warp_matrix,
-    half_body_box,
     input_to_image_coords,
-    read_image,
 )
+from clamp_pl.core.preprocess import NORMALIZATION, read_image
+from clamp_pl.data.dataset import TopDownDataset
+from clamp_pl.data.metainfo import get_meta
+from clamp_pl.data.transforms import TopDownAugment, TopDownTransform, build_photometric, half_body_box
+from clamp_pl.formats.coco import DataError, Instance, load_coco_instances
 
 AP10K = get_meta("ap10k")
 NO_AUG = dict(half_body_prob=0.0, shift_prob=0.0, scale_factor=0.0, rot_prob=0.0)
@@ -518,7 +514,7 @@ def test_shift_mode_dataset_is_the_same_in_every_worker_and_epoch(ap10k_instance
 
 def test_the_data_config_reaches_the_transforms(make_cfg):
     """data.augment, data.reduced_decode and data.drop_last, composed by Hydra, are what the datamodule uses."""
-    from clamp_pl.build import build_datamodule, build_spec
+    from clamp_pl.cli.build import build_datamodule, build_spec
 
     cfg = make_cfg("data.augment.shift_mode=dataset", "data.augment.shift_factor=0.2",
                    "data.augment.half_body_center=mean", "data.reduced_decode=true", "data.drop_last=false",

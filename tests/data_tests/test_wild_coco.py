@@ -11,8 +11,8 @@ import logging
 import numpy as np
 import pytest
 
-from clamp_pl.data.coco import DataError, load_coco_instances
 from clamp_pl.data.metainfo import format_meta_table, meta_from_coco, meta_table, skeleton_indices
+from clamp_pl.formats.coco import DataError, load_coco_instances
 
 LEG = [(f"{leg}L{i}", f"{leg}R{i}") for leg in ("foreleg", "midleg", "hindleg") for i in range(1, 5)]
 # The ``swap`` fields of mmpose's configs/_base_/datasets/<name>.py, as unordered name pairs.

@@ -18,9 +18,9 @@ from clamp_pl.evaluation import (
     instance_oks,
     oks_nms,
     per_category_ap,
-    rescore,
-    write_results,
 )
+from clamp_pl.formats.coco import write_results
+from clamp_pl.inference.postprocess import rescore
 
 K = 5
 SIGMAS = np.array([0.025, 0.035, 0.079, 0.072, 0.089])

@@ -12,13 +12,13 @@ import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
 from clamp_pl.evaluation import (
-    CocoKeypointAP,
     evaluate_keypoints,
     oks_nms,
     pck,
     per_category_ap,
-    rescore,
 )
+from clamp_pl.evaluation.metric import CocoKeypointAP
+from clamp_pl.inference.postprocess import rescore
 
 K = 5
 SIGMAS = np.array([0.025, 0.035, 0.079, 0.072, 0.089])

@@ -1,14 +1,14 @@
-"""``clamp_pl.utils.run``: the model-size figures logged once per run."""
+"""``clamp_pl.cli.run``: the model-size figures logged once per run."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from clamp_pl.cli.run import count_flops, count_parameters
 from clamp_pl.data.metainfo import DatasetMeta
-from clamp_pl.pose_module import PoseLitModule
 from clamp_pl.spec import make_spec
-from clamp_pl.utils.run import count_flops, count_parameters
+from clamp_pl.training.module import PoseLitModule
 
 
 def _module(text_branch: bool) -> PoseLitModule:

@@ -1,0 +1,491 @@
+"""DeepLabCut projects -> COCO keypoint files.
+
+A DeepLabCut (DLC) project keeps its labels per video in ``labeled-data/<video>/CollectedData_<scorer>.csv``:
+
+* single-animal: three header rows ``scorer`` / ``bodyparts`` / ``coords`` (``x``, ``y`` per body part);
+* multi-animal (maDLC): four header rows ``scorer`` / ``individuals`` / ``bodyparts`` / ``coords``; every
+  individual becomes one instance. The ``single`` individual of maDLC (the project's unique body parts) is
+  not an animal and is dropped.
+
+Rows start with the frame path, either in one column (``labeled-data/m4s1/img0000.png``) or, since DLC 2.3, in
+three index columns (``labeled-data``, ``m4s1``, ``img0000.png``). Empty cells mean "not labelled".
+lightning-pose projects keep the same format in one ``CollectedData.csv`` at the project root, covering every
+video: pass that file.
+
+Conversion (:func:`dlc_to_coco`): every label CSV of the project, one category (name configurable,
+``keypoints`` = the body-part names, ``skeleton`` from ``config.yaml`` when it defines one), ``v = 2`` for
+labelled and ``x = y = v = 0`` for unlabelled keypoints, one instance per labelled individual with a box from its
+labelled keypoints plus a margin (``margin`` x the larger side of their extent on every side, at least
+``min_margin`` px) clipped to the image. Frames of one video are nearly identical neighbours, so the split is
+made per video (:func:`split_frames`): by default a CONTIGUOUS val and test block at the end of every video
+(sorted by path), or whole held-out videos (``split="videos"``); never random frames, which would leak
+near-duplicates into training (DeepLabCut's own ``create_training_dataset`` draws frames at random from all
+videos; its test error then measures frames next to training ones). ``split.json`` next to the annotations
+records the blocks and the counts.
+
+Prompts for the body-part names come from :func:`clamp_pl.data.metainfo.name_to_prompt`
+(``leftear`` -> "left ear", ``tailbase`` -> "tail base").
+
+:func:`ensure_mouse_openfield` converts the 116 real frames of DLC's openfield example that ship with the
+package (``clamp_pl/resources/dlc_openfield``, half size, see its README) with its fixed split: frames 100-115
+test, 90-99 val, 0-89 train.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from clamp_pl.core.geometry import keypoint_box
+
+__all__ = [
+    "DLCLabels",
+    "MOUSE_OPENFIELD_BLOCKS",
+    "dlc_to_coco",
+    "instances_to_annotations",
+    "ensure_mouse_openfield",
+    "read_dlc_csv",
+    "read_dlc_labels",
+    "split_frames",
+    "split_labels",
+    "summarize_split",
+    "video_of",
+    "write_coco_splits",
+    "write_conversion",
+]
+
+log = logging.getLogger(__name__)
+
+RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "dlc_openfield"
+#: Default split of the embedded openfield frames: half-open frame-index blocks.
+MOUSE_OPENFIELD_BLOCKS = {"val": (90, 100), "test": (100, 116)}
+_CONVERTER_VERSION = 2
+
+
+@dataclass
+class DLCLabels:
+    """Labels of one ``CollectedData_*.csv``.
+
+    ``coords`` is float64 ``(N, I, K, 2)``: frame, individual, body part, (x, y) in image pixels; NaN where
+    the body part is not labelled. Single-animal files have one individual (``individuals == ["animal"]``).
+    """
+
+    csv_path: Path
+    scorer: str
+    frame_paths: list[str]
+    individuals: list[str]
+    bodyparts: list[str]
+    coords: np.ndarray
+
+
+def _fail(path: Path, msg: str) -> ValueError:
+    return ValueError(f"{path}: {msg}")
+
+
+def read_dlc_labels(csv_path: str | Path) -> DLCLabels:
+    """Parse a DLC ``CollectedData_*.csv`` (single- or multi-animal header, 1- or 3-column frame index)."""
+    path = Path(csv_path)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+    if len(rows) < 3 or rows[0][0].strip() != "scorer":
+        raise _fail(path, "not a DeepLabCut label file (first cell must be 'scorer')")
+    heads = [r[0].strip() for r in rows[:4]]
+    if heads[:3] == ["scorer", "bodyparts", "coords"]:
+        n_header, ind_row, bp_row, coord_row = 3, None, rows[1], rows[2]
+    elif heads == ["scorer", "individuals", "bodyparts", "coords"]:
+        n_header, ind_row, bp_row, coord_row = 4, rows[1], rows[2], rows[3]
+    else:
+        raise _fail(path, f"unexpected header rows {heads}; expected scorer/bodyparts/coords "
+                          "(or scorer/individuals/bodyparts/coords)")
+    # The frame index spans the columns before the first coordinate column.
+    first = next((i for i, c in enumerate(coord_row) if c.strip() in ("x", "y", "likelihood")), None)
+    if first is None:
+        raise _fail(path, "no x/y columns in the 'coords' row")
+    n_index = first
+    columns: list[tuple[str, str, str, int]] = []  # (individual, bodypart, coord, column)
+    for col in range(first, len(coord_row)):
+        coord = coord_row[col].strip()
+        if coord not in ("x", "y"):
+            continue  # likelihood columns of machine labels
+        ind = ind_row[col].strip() if ind_row is not None else "animal"
+        columns.append((ind, bp_row[col].strip(), coord, col))
+    individuals = list(dict.fromkeys(c[0] for c in columns if c[0] != "single" or ind_row is None))
+    bodyparts = list(dict.fromkeys(c[1] for c in columns if c[0] in individuals))
+    if not individuals or not bodyparts:
+        raise _fail(path, "no body parts found")
+    unique = sorted({c[1] for c in columns if c[0] not in individuals})
+    if unique:
+        log.warning("%s: maDLC's unique body parts %s belong to no animal and are not converted", path, unique)
+    frames: list[str] = []
+    coords = np.full((len(rows) - n_header, len(individuals), len(bodyparts), 2), np.nan)
+    ind_idx = {n: i for i, n in enumerate(individuals)}
+    bp_idx = {n: i for i, n in enumerate(bodyparts)}
+    for r, row in enumerate(rows[n_header:]):
+        frame = "/".join(c.strip() for c in row[:n_index] if c.strip())
+        if not frame:
+            raise _fail(path, f"data row {r + n_header + 1} has no frame path")
+        frames.append(frame)
+        for ind, bp, coord, col in columns:
+            if ind not in ind_idx:
+                continue
+            cell = row[col].strip() if col < len(row) else ""
+            if cell:
+                try:
+                    coords[r, ind_idx[ind], bp_idx[bp], 0 if coord == "x" else 1] = float(cell)
+                except ValueError as err:
+                    raise _fail(path, f"frame {frame}: {bp} {coord} = {cell!r} is not a number") from err
+    if len(set(frames)) != len(frames):
+        raise _fail(path, "duplicate frame paths")
+    order = sorted(range(len(frames)), key=lambda i: frames[i])
+    return DLCLabels(path, rows[0][n_index].strip() if len(rows[0]) > n_index else "", [frames[i] for i in order],
+                     individuals, bodyparts, coords[order])
+
+
+def read_dlc_csv(csv_path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
+    """Single-animal view: ``(frame_paths, bodyparts, coords float64 (N, K, 2))``, NaN = unlabelled.
+
+    Frames are sorted by path. For multi-animal files use :func:`read_dlc_labels` (this raises).
+    """
+    labels = read_dlc_labels(csv_path)
+    if len(labels.individuals) != 1:
+        raise _fail(labels.csv_path, f"multi-animal file ({len(labels.individuals)} individuals); "
+                                     "use read_dlc_labels")
+    return labels.frame_paths, labels.bodyparts, labels.coords[:, 0]
+
+
+def _project_root(csv_path: Path, frames: list[str]) -> Path:
+    # Frame paths are relative to the project root ("labeled-data/<video>/img.png"): a DeepLabCut CSV sits two
+    # folders below it, a lightning-pose CollectedData.csv at the root itself.
+    here = csv_path.resolve().parent
+    if frames:
+        for cand in (here, *here.parents[:3]):
+            if (cand / frames[0]).is_file():
+                return cand
+    return here
+
+
+def _read_config(root: Path) -> dict:
+    cfg = root / "config.yaml"
+    if not cfg.is_file():
+        return {}
+    with open(cfg, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def video_of(frame: str) -> str:
+    """The video a frame path belongs to: its folder below ``labeled-data`` (``labeled-data/m4s1/img0.png`` ->
+    ``m4s1``), or its folder as written; ``""`` for a bare file name."""
+    parts = Path(frame).parts
+    if parts and parts[0] == "labeled-data":
+        parts = parts[1:]
+    return Path(*parts[:-1]).as_posix() if len(parts) > 1 else ""
+
+
+def split_frames(
+    frame_counts: Mapping[str, int],
+    *,
+    mode: str = "blocks",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> dict[str, dict[str, tuple[int, int]]]:
+    """Held-out frame blocks per video: ``{video: {"val": (start, stop), "test": (start, stop)}}`` (half-open
+    ranges of the video's frames sorted by path; a split missing from a video's dict has no frame there).
+
+    Frames of one video are near-duplicate neighbours, so no split takes random frames:
+
+    * ``mode="blocks"`` (default): every video contributes a contiguous block at its end to test
+      (``round(n * test_fraction)`` frames, at least one when the fraction is > 0) and the block just before it
+      to val, so every video is seen in training and tested on the part of it training never saw. Videos with
+      fewer than three frames stay in train.
+    * ``mode="videos"``: whole videos are held out, as out-of-video evaluations do (Horse-10 holds out
+      whole horses):
+      ``round(V * test_fraction)`` (at least one) test videos and as many val videos by ``val_fraction``,
+      chosen by ``numpy.random.RandomState(seed)`` from the videos sorted by name; needs three videos or more.
+
+    The result depends only on the frame counts, the fractions and the seed: reproducible.
+    """
+    for what, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= f < 1:
+            raise ValueError(f"{what} must be in [0, 1), got {f}")
+    videos = sorted(frame_counts)
+    blocks: dict[str, dict[str, tuple[int, int]]] = {v: {} for v in videos}
+    if mode == "blocks":
+        for v in videos:
+            n = int(frame_counts[v])
+            if n < 3:
+                continue
+            n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+            n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+            while n_test + n_val > n - 1:  # keep a training frame
+                if n_val >= n_test and n_val > 0:
+                    n_val -= 1
+                else:
+                    n_test -= 1
+            if n_test:
+                blocks[v]["test"] = (n - n_test, n)
+            if n_val:
+                blocks[v]["val"] = (n - n_test - n_val, n - n_test)
+        return blocks
+    if mode == "videos":
+        n_test = max(1, round(len(videos) * test_fraction)) if test_fraction > 0 else 0
+        n_val = max(1, round(len(videos) * val_fraction)) if val_fraction > 0 else 0
+        if n_test + n_val > len(videos) - 1:
+            raise ValueError(f"split mode 'videos' holds out {n_test} test + {n_val} val videos but the project has "
+                             f"{len(videos)} ({videos}); use split=blocks or label more videos")
+        order = list(videos)
+        np.random.RandomState(seed).shuffle(order)
+        for v in order[:n_test]:
+            blocks[v]["test"] = (0, int(frame_counts[v]))
+        for v in order[n_test:n_test + n_val]:
+            blocks[v]["val"] = (0, int(frame_counts[v]))
+        return blocks
+    raise ValueError(f"split mode must be 'blocks' or 'videos', got {mode!r}")
+
+
+def split_labels(n: int, video: str, blocks: Mapping[str, tuple[int, int]]) -> list[str]:
+    """The split of each of a video's ``n`` frames ("train" unless in its val/test block), checking the blocks."""
+    labels = ["train"] * n
+    for split in ("val", "test"):
+        if split not in blocks:
+            continue
+        start, stop = (int(x) for x in blocks[split])
+        if not 0 <= start < stop <= n:
+            raise ValueError(f"video {video!r}: {split} block {tuple(blocks[split])} must satisfy "
+                             f"0 <= start < stop <= {n} (its number of frames)")
+        for i in range(start, stop):
+            if labels[i] != "train":
+                raise ValueError(f"video {video!r}: val and test blocks overlap at frame {i}")
+            labels[i] = split
+    return labels
+
+
+def write_coco_splits(out_dir: Path, splits: Mapping[str, dict], category: dict, info: dict) -> dict[str, Path]:
+    """Write ``out_dir/annotations/{split}.json`` (atomically) for the splits present, remove those of absent
+    splits; returns the written paths."""
+    paths: dict[str, Path] = {}
+    ann_dir = out_dir / "annotations"
+    ann_dir.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        if split not in splits:
+            (ann_dir / f"{split}.json").unlink(missing_ok=True)  # left by an earlier conversion
+            continue
+        coco = {"info": {**info, "split": split}, **splits[split], "categories": [category]}
+        path = ann_dir / f"{split}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(coco, indent=1))
+        os.replace(tmp, path)
+        paths[split] = path
+    return paths
+
+
+def summarize_split(splits: Mapping[str, dict], videos: Mapping[str, str]) -> dict[str, Any]:
+    """Per split: frames, instances and videos (``videos`` maps image id -> video) - what the converter reports."""
+    out: dict[str, Any] = {}
+    for split, coco in splits.items():
+        vids = sorted({videos[im["id"]] for im in coco["images"]})
+        out[split] = {"frames": len(coco["images"]), "instances": len(coco["annotations"]), "videos": vids}
+    return out
+
+
+def write_conversion(
+    out_dir: Path, splits: Mapping[str, dict], image_video: Mapping[int, str], category: dict, info: dict, *,
+    img_root: Path, mode: str, seed: int, counts: Mapping[str, int], blocks: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Path]:
+    """A converter's output (DeepLabCut and SLEAP): the COCO files (:func:`write_coco_splits`) and ``split.json``
+    (mode, seed, frames per video, the non-empty held-out blocks, :func:`summarize_split`); returns
+    ``{"train": json, ["val": json,] ["test": json,] "images": img_root, "split": split.json}``."""
+    paths = write_coco_splits(out_dir, splits, category, info)
+    record = {"mode": mode, "seed": seed, "frames_per_video": dict(counts),
+              "blocks": {v: {k: list(b) for k, b in bl.items()} for v, bl in blocks.items() if bl},
+              "counts": summarize_split(splits, image_video)}
+    (out_dir / "split.json").write_text(json.dumps(record, indent=1) + "\n")
+    paths["images"] = img_root
+    paths["split"] = out_dir / "split.json"
+    return paths
+
+
+def instances_to_annotations(
+    coords: np.ndarray, image_id: int, first_ann_id: int, size: tuple[int, int], margin: float, min_margin: float
+) -> list[dict]:
+    """COCO annotations of one frame's animals: ``coords`` (I, K, 2) image pixels, NaN = not labelled. An animal
+    without any labelled point is no instance; the box comes from the labelled points (:func:`keypoint_box`)."""
+    anns = []
+    for xy in coords:
+        box = keypoint_box(xy, margin, min_margin, clip_to=size)
+        box = None if box is None else [round(float(v), 2) for v in box]
+        if box is None:
+            continue
+        labelled = ~np.isnan(xy).any(axis=1)
+        kps: list[float] = []
+        for (x, y), ok in zip(xy, labelled):
+            kps += [round(float(x), 3), round(float(y), 3), 2] if ok else [0, 0, 0]
+        anns.append({
+            "id": first_ann_id + len(anns), "image_id": image_id, "category_id": 1, "bbox": box,
+            "area": round(box[2] * box[3], 2), "iscrowd": 0, "num_keypoints": int(labelled.sum()),
+            "keypoints": kps,
+        })
+    return anns
+
+
+def _frame_file(csv_path: Path, frame: str) -> Path:
+    # As _project_root, per frame; a bare file name sits next to the CSV.
+    here = csv_path.resolve().parent
+    candidates = [here / frame, *(p / frame for p in here.parents[:3]), here / Path(frame).name]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+def dlc_to_coco(
+    project_or_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    blocks: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
+    split: str = "blocks",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    margin: float = 0.25,
+    min_margin: float = 4.0,
+    category_name: str = "animal",
+    copy_images: bool = True,
+) -> dict[str, Path]:
+    """Convert a DLC project (folder with ``config.yaml`` + ``labeled-data``), or one label CSV (a DLC
+    ``CollectedData_<scorer>.csv`` or a lightning-pose ``CollectedData.csv``), to COCO files.
+
+    Every label CSV of the project is converted and the split is computed over all of them, per video (a
+    frame's video is its folder, :func:`video_of`).
+
+    Args:
+        project_or_csv: project folder (every ``labeled-data/*/CollectedData_*.csv``) or one CSV.
+        out_dir: output folder: ``annotations/{train,val,test}.json``, ``split.json`` (the held-out blocks and
+            the counts per split) and, with ``copy_images``, ``images/``.
+        blocks: held-out frame blocks per video, ``{video: {"val": (start, stop), "test": (start, stop)}}``;
+            None = computed by :func:`split_frames` from ``split``, the fractions and ``seed``.
+        split, val_fraction, test_fraction, seed: :func:`split_frames`'s ``mode``, fractions and seed.
+        margin, min_margin: box margin (see :func:`keypoint_box`).
+        category_name: COCO category name (``supercategory`` is "animal").
+        copy_images: copy the frames to ``out_dir/images`` (file names relative to the project's
+            ``labeled-data``); otherwise file names are relative to the project root and ``images`` points
+            there.
+
+    Returns:
+        ``{"train": json, ["val": json,] ["test": json,] "images": folder, "split": split.json}``.
+    """
+    src = Path(project_or_csv)
+    if src.is_dir():
+        csvs = sorted(src.glob("labeled-data/*/CollectedData_*.csv"))
+        if not csvs:
+            raise FileNotFoundError(f"{src}: no labeled-data/*/CollectedData_*.csv in this DeepLabCut project")
+    elif src.is_file():
+        csvs = [src]
+    else:
+        raise FileNotFoundError(f"{src}: no such DeepLabCut project folder or label CSV")
+    tables = [read_dlc_labels(c) for c in csvs]
+    bodyparts = tables[0].bodyparts
+    for t in tables[1:]:
+        if t.bodyparts != bodyparts:
+            raise _fail(t.csv_path, f"body parts {t.bodyparts} differ from {bodyparts} in {tables[0].csv_path}")
+    root = src if src.is_dir() else _project_root(src, tables[0].frame_paths)
+    cfg = _read_config(root)
+    skeleton = []
+    for pair in cfg.get("skeleton") or []:
+        if len(pair) == 2 and pair[0] in bodyparts and pair[1] in bodyparts:
+            skeleton.append([bodyparts.index(pair[0]) + 1, bodyparts.index(pair[1]) + 1])
+
+    by_video: dict[str, list[tuple[DLCLabels, int]]] = {}
+    seen: dict[str, Path] = {}
+    for t in tables:
+        for row, frame in enumerate(t.frame_paths):
+            if frame in seen:
+                raise _fail(t.csv_path, f"frame {frame} is labelled in {seen[frame]} too")
+            seen[frame] = t.csv_path
+            video = video_of(frame) or t.csv_path.parent.name
+            by_video.setdefault(video, []).append((t, row))
+    for frames in by_video.values():
+        frames.sort(key=lambda f: f[0].frame_paths[f[1]])
+    counts = {v: len(f) for v, f in sorted(by_video.items())}
+    mode = "given" if blocks is not None else split
+    if blocks is None:
+        blocks = split_frames(counts, mode=split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    unknown = sorted(set(blocks) - set(counts))
+    if unknown:
+        raise ValueError(f"blocks name videos {unknown} that the project does not have (videos: {sorted(counts)})")
+
+    out_dir = Path(out_dir)
+    img_root = out_dir / "images" if copy_images else root
+    category = {"supercategory": "animal", "id": 1, "name": category_name, "keypoints": list(bodyparts),
+                "skeleton": skeleton}
+    splits: dict[str, dict] = {}
+    image_video: dict[int, str] = {}
+    n_anns = 0
+    for video, frames in sorted(by_video.items()):
+        labels = split_labels(len(frames), video, blocks.get(video, {}))
+        for (table, row), split_name in zip(frames, labels):
+            frame = table.frame_paths[row]
+            src_img = _frame_file(table.csv_path, frame)
+            rel = Path(*Path(frame).parts[1:]) if Path(frame).parts[0] == "labeled-data" else Path(frame)
+            file_name = rel.as_posix() if copy_images else Path(os.path.relpath(src_img, root)).as_posix()
+            img = cv2.imread(str(src_img), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                raise FileNotFoundError(f"{table.csv_path}: frame {frame} not found or unreadable at {src_img}")
+            height, width = img.shape[:2]
+            if copy_images:
+                dst = img_root / file_name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if not dst.is_file() or dst.stat().st_size != src_img.stat().st_size:
+                    shutil.copyfile(src_img, dst)
+            coco = splits.setdefault(split_name, {"images": [], "annotations": []})
+            image_id = len(image_video) + 1
+            image_video[image_id] = video
+            coco["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height,
+                                   "video": video})
+            anns = instances_to_annotations(table.coords[row], image_id, n_anns + 1, (width, height), margin,
+                                            min_margin)
+            n_anns += len(anns)
+            coco["annotations"] += anns
+    if "train" not in splits:
+        raise ValueError(f"the held-out blocks {dict(blocks)} leave no training frames")
+    info = {"description": f"DeepLabCut labels of {root.name}", "source": [str(c) for c in csvs]}
+    return write_conversion(out_dir, splits, image_video, category, info, img_root=img_root, mode=mode, seed=seed,
+                            counts=counts, blocks=blocks)
+
+
+def ensure_mouse_openfield(root: str | Path) -> dict[str, Path]:
+    """Convert the embedded openfield frames into ``root`` once (a stamp file makes later calls instant).
+
+    Split: frames 100-115 test, 90-99 val, 0-89 train (:data:`MOUSE_OPENFIELD_BLOCKS`); 320x240 JPEG frames;
+    one category "mouse" with body parts snout, leftear, rightear, tailbase.
+
+    Returns:
+        ``{"train": json, "val": json, "test": json, "images": folder, "split": split.json}``.
+    """
+    root = Path(root)
+    stamp_file = root / "mouse_openfield_stamp.json"
+    stamp = {"converter": "clamp_pl.formats.dlc", "version": _CONVERTER_VERSION,
+             "blocks": {k: list(v) for k, v in MOUSE_OPENFIELD_BLOCKS.items()}}
+    paths = {s: root / "annotations" / f"{s}.json" for s in ("train", "val", "test")}
+    paths["images"] = root / "images"
+    paths["split"] = root / "split.json"
+    if stamp_file.is_file() and all(p.exists() for p in paths.values()):
+        try:
+            if json.loads(stamp_file.read_text()) == stamp:
+                return paths
+        except json.JSONDecodeError:
+            pass
+    if not (RESOURCE_DIR / "config.yaml").is_file():
+        raise FileNotFoundError(f"embedded DeepLabCut frames missing at {RESOURCE_DIR}: reinstall clamp_pl "
+                                "(the package data was not installed)")
+    out = dlc_to_coco(RESOURCE_DIR, root, blocks={"m4s1": MOUSE_OPENFIELD_BLOCKS}, category_name="mouse")
+    stamp_file.write_text(json.dumps(stamp, indent=1) + "\n")
+    return out

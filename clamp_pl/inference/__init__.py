@@ -1,0 +1,7 @@
+"""Inference from a run directory or model file: plain torch + numpy + cv2.
+
+Never imports Lightning, Hydra, OmegaConf, torchmetrics, xtcocotools or wandb (a test checks it):
+``checkpoint`` (spec + weights -> network), ``estimator`` (``load_model``, ``PoseEstimator``), ``postprocess``
+(flip test, decoding, rescoring), ``images`` and ``video`` (folders and videos to result files), ``tracking``,
+``detector``, ``onnx``, ``pose_io``.
+"""

@@ -1,0 +1,1 @@
+"""Lightning training: the LightningModule, optimiser and schedule, loggers and callbacks."""

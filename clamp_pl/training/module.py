@@ -1,0 +1,336 @@
+"""``PoseLitModule``: the CLAMP network, its losses, flip test, decoding and metrics as a LightningModule.
+
+It is built from a :class:`clamp_pl.spec.ModelSpec` (network, codec, keypoint meta) plus the training-only
+arguments (losses, optimiser, schedule). The spec is saved in the hyper-parameters and, as
+``checkpoint["clamp_spec"]``, in every checkpoint, as primitives: checkpoints load with
+``torch.load(..., weights_only=True)``, and :func:`clamp_pl.inference.checkpoint.load_checkpoint` reads them without
+Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from clamp_pl.evaluation.metric import KEYPOINT_PCK_THR, CocoKeypointAP
+from clamp_pl.formats.coco import write_results
+from clamp_pl.inference.checkpoint import SPEC_KEY, load_checkpoint, resolve_checkpoint
+from clamp_pl.inference.postprocess import decode_heatmaps, flip_test_heatmaps
+from clamp_pl.models import CLAMPLoss
+from clamp_pl.spec import ModelSpec
+from clamp_pl.training.optim import adamw, param_groups
+
+log = logging.getLogger(__name__)
+
+
+class PoseLitModule(pl.LightningModule):
+    """CLAMP (or the image-only baseline) trained with heatmap, spatial and feature losses.
+
+    Args:
+        spec: the model spec (or its ``to_dict()``): network arguments, codec, preprocessing, keypoint meta.
+        loss: ``CLAMPLoss`` weights. optimizer: lr, weight_decay, backbone_lr_mult, fused ("auto" | true |
+            false; auto: PyTorch's fused AdamW kernel whenever the parameters allow it), optional no_decay_keys.
+        scheduler: warmup_iters, warmup_ratio, milestones (epochs), gamma. ``optimizer`` and ``scheduler`` are
+            only needed to train (``configure_optimizers``); their values live in ``conf/model``.
+        nonfinite: what to do with a non-finite loss or gradient: "skip" the optimiser step (counted; no host
+            sync with a fused optimiser), "stop" (skip it, then the RunSafetyCallback saves a checkpoint and stops
+            with a message) or "off" (no check).
+        load_pretrained: load the spec's ``net.pretrained`` CLIP weights (to start training); off (the default,
+            e.g. in ``load_from_checkpoint``), the towers are left random for a checkpoint's weights to fill and
+            nothing is read or downloaded. Not a hyper-parameter.
+
+    Attributes: ``spec``, ``net`` (:class:`clamp_pl.models.CLAMP`), ``codec`` (the spec's heatmap codec: the
+    datamodule makes its targets with this same object), ``flip_test`` (test-time default, from the spec).
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: ModelSpec | Mapping[str, Any],
+        loss: dict[str, float] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        compile: bool = False,
+        channels_last: bool = False,
+        nonfinite: str = "skip",
+        load_pretrained: bool = False,
+    ) -> None:
+        super().__init__()
+        self.spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
+        self.save_hyperparameters({
+            "spec": self.spec.to_dict(), "loss": loss, "optimizer": optimizer, "scheduler": scheduler,
+            "compile": compile, "channels_last": channels_last, "nonfinite": nonfinite,
+        })
+        self.net = self.spec.build_network(load_pretrained=load_pretrained)
+        self.criterion = CLAMPLoss(**(loss or {}))
+        w, h = self.spec.input_size
+        # Lightning's model summary runs it once: layer in/out sizes and FLOPs (with the text tower's, once)
+        self.example_input_array = torch.zeros(1, 3, h, w)
+        self.codec = self.spec.build_codec()
+        self.flip_test = self.spec.flip_test
+        self.nonfinite = nonfinite
+        self.nonfinite_steps = 0
+        self.stop_reason: str | None = None
+        self._loss_nonfinite: Tensor | None = None  # bool [] : a non-finite loss since the last optimiser step
+        self._nonfinite_pending: Tensor | None = None  # long []: skipped steps not yet counted on the host
+        self._saved_stats: list[Tensor] | None = None
+        self._compiled: torch.nn.Module | None = None
+        self.metrics: dict[str, CocoKeypointAP] = {}
+        # split -> CocoKeypointAP.analysis() of its last evaluation (per-instance OKS, keypoint confusion,
+        # per-keypoint PCK): the test-time pictures of KeypointVisCallback read it
+        self.eval_analysis: dict[str, dict[str, Any]] = {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SPEC_KEY] = self.spec.to_dict()
+
+    # ---------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and getattr(dm, "gt", None):
+            meta = self.spec.dataset_meta()
+            for split in ("val", "test"):
+                self.metrics[split] = CocoKeypointAP(
+                    dm.gt[split],
+                    meta.sigmas.tolist(),
+                    species=meta.species,
+                    families=meta.families,
+                    flip_pairs=list(meta.flip_pairs),
+                ).to(self.device)
+        if self.hparams.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.hparams.compile and stage == "fit" and self._compiled is None:
+            # compile a view of the same module: the state dict keeps its plain names
+            self._compiled = torch.compile(self.net)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor | None]:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        net = self._compiled if (self._compiled is not None and self.training) else self.net
+        return net(images)
+
+    # ---------------------------------------------------------------- training
+    def _running_stats(self) -> list[Tensor]:
+        """The batch-norm running statistics (``running_mean``, ``running_var``, ``num_batches_tracked``)."""
+        names = ("running_mean", "running_var", "num_batches_tracked")
+        return [b for n, b in self.net.named_buffers() if n.rsplit(".", 1)[-1] in names]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        # Non-finite steps are skipped without a host sync and on every DDP rank alike (returning None would do
+        # neither: Lightning refuses it under DDP). The loss flag and the gradients are checked before the
+        # optimiser step (``on_before_optimizer_step``); a skipped step puts the batch-norm running statistics
+        # back (the NaN forward moved them), so keep a copy from before the step's first forward (a few KB).
+        if self.nonfinite != "off":
+            if self._saved_stats is None:
+                self._saved_stats = [s.clone() for s in self._running_stats()]
+            out = self(batch["image"])
+            losses = self.criterion(out, batch)
+            bad = ~torch.isfinite(losses["loss"].detach())
+            self._loss_nonfinite = bad if self._loss_nonfinite is None else self._loss_nonfinite | bad
+        else:
+            out = self(batch["image"])
+            losses = self.criterion(out, batch)
+        loss = losses["loss"]
+        bs = batch["image"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
+        self.log("train/loss", loss.detach(), batch_size=bs, prog_bar=True)
+        if out.get("logit_scale") is not None:
+            self.log("train/logit_scale", out["logit_scale"].detach(), batch_size=bs)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the update when any rank's loss or any (all-reduced) gradient is non-finite.
+
+        A fused optimiser takes the flag as a tensor (``found_inf``, the attribute GradScaler uses): no host
+        sync. Any other optimiser needs the flag on the host, and skips parameters whose gradient is None. Under
+        a GradScaler (16-bit AMP) the scaler skips steps with non-finite gradients itself.
+        """
+        if self.nonfinite == "off" or self._loss_nonfinite is None:
+            return
+        bad = self.trainer.strategy.reduce(self._loss_nonfinite.float(), reduce_op="sum").reshape(()) > 0
+        # under a GradScaler, overflowing (scaled) gradients are routine: the scaler skips those steps itself
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+            if getattr(optimizer, "_step_supports_amp_scaling", False):  # fused
+                optimizer.found_inf = bad.float()
+            elif bad.item():
+                for g in optimizer.param_groups:
+                    for p in g["params"]:
+                        p.grad = None
+        with torch.no_grad():
+            for buf, kept in zip(self._running_stats(), self._saved_stats or []):
+                buf.copy_(torch.where(bad, kept, buf))
+        self._nonfinite_pending = bad.long() if self._nonfinite_pending is None else self._nonfinite_pending + bad
+        self._saved_stats = None
+        self._loss_nonfinite = None
+
+    def collect_nonfinite(self, log_metric: bool = True) -> int:
+        """Bring the count of skipped steps to the host (one sync), log it (``log_metric``: where ``self.log``
+        is allowed), and in ``stop`` mode set ``stop_reason``. Called by ``RunSafetyCallback`` every
+        ``log_every_n_steps`` (every step with "stop") and at checkpoints, and at the end of each training epoch.
+        Returns the steps newly found skipped."""
+        if self._nonfinite_pending is None:
+            return 0
+        new = int(self._nonfinite_pending.sum())
+        self._nonfinite_pending = None
+        if new:
+            self.nonfinite_steps += new
+            msg = (
+                f"non-finite training loss or gradients in {new} step(s) up to epoch {self.current_epoch}, "
+                f"step {self.global_step}"
+            )
+            if self.nonfinite == "stop":
+                self.stop_reason = msg
+            else:
+                log.warning("%s: skipped (%d so far)", msg, self.nonfinite_steps)
+        if log_metric:
+            self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=1)
+        return new
+
+    def on_train_epoch_end(self) -> None:
+        self.collect_nonfinite()
+
+    def on_train_end(self) -> None:
+        self.collect_nonfinite(log_metric=False)  # a run that stopped mid-epoch (max_steps, a signal)
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict_heatmaps(self, images: Tensor, flip_test: bool | None = None) -> Tensor:
+        """Heatmaps ``[B, K, h, w]`` for normalised crops ``[B, 3, H, W]``; with flip test the original and the
+        mirrored crops run as ONE batch (the text features are computed once and cached in eval)."""
+        return flip_test_heatmaps(lambda x: self(x)["heatmaps"], images, self.spec.flip_indices,
+                                  self.flip_test if flip_test is None else flip_test, self.spec.shift_heatmap)
+
+    def decode(self, heatmaps: Tensor, center: Tensor, scale: Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps ``[B, K, h, w]`` -> keypoints ``[B, K, 2]`` in image pixels and scores ``[B, K]``."""
+        return decode_heatmaps(self.codec, heatmaps, center, scale)
+
+    def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
+        hm = self.predict_heatmaps(batch["image"])
+        kpts, scores = self.decode(hm, batch["center"], batch["scale"])
+        if split in self.metrics:
+            self.metrics[split].update(
+                batch["ann_id"], batch["image_id"], batch["category_id"], torch.from_numpy(kpts),
+                torch.from_numpy(scores), areas=batch["scale"].prod(-1),  # padded crop box, as mmpose's NMS
+            )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, split: str) -> dict[str, float]:
+        metric = self.metrics.get(split)
+        if metric is None:
+            return {}
+        values = metric.compute()
+        analysis = self.eval_analysis[split] = metric.analysis()
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.log(f"{split}/{k}", float(v), prog_bar=k == "AP", sync_dist=False, rank_zero_only=False)
+        if split == "test" and self.trainer.is_global_zero:
+            out = Path(self.trainer.default_root_dir) / "predictions"
+            out.mkdir(parents=True, exist_ok=True)
+            write_results(out / "test_predictions.json", metric.coco_results())
+            (out / "test_metrics.json").write_text(json.dumps(values, indent=1))
+            names = list(self.spec.meta["keypoint_names"])
+            table = analysis.get("keypoint_pck")
+            if table:
+                (out / "test_keypoint_pck.json").write_text(json.dumps({
+                    "threshold": KEYPOINT_PCK_THR, "keypoints": names,
+                    "pck": {k: [None if np.isnan(v) else float(v) for v in row] for k, row in table.items()}},
+                    indent=1))
+            confusion = analysis.get("keypoint_confusion")
+            if confusion is not None:
+                (out / "test_keypoint_confusion.json").write_text(json.dumps({
+                    "keypoints": names,
+                    "rows": "predicted keypoint", "columns": "labelled keypoint nearest to the prediction",
+                    "counts": confusion.tolist()}, indent=1))
+            rows = [[k.split("/", 1)[1], float(v)] for k, v in values.items() if k.startswith("AP_species/")]
+            for lg in self.trainer.loggers:
+                if rows and hasattr(lg, "log_table"):  # W&B
+                    lg.log_table(key="test/AP_species", columns=["species", "AP"], data=rows)
+        self.last_metrics = {f"{split}/{k}": v for k, v in values.items()}
+        metric.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = self._training_arg("optimizer", ("lr", "weight_decay", "backbone_lr_mult", "fused"))
+        groups = param_groups(self.net, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"],
+                              backbone_lr_mult=opt_cfg["backbone_lr_mult"], no_decay_keys=opt_cfg.get("no_decay_keys"))
+        fused = opt_cfg["fused"]
+        if fused == "auto" and self._clips_under_grad_scaler():
+            fused = False
+        optimizer = adamw(groups, fused=fused)
+        sch = self._training_arg("scheduler", ("warmup_iters", "warmup_ratio", "milestones", "gamma"))
+        steps_per_epoch = max(1, self._steps_per_epoch())
+
+        def factor(step: int) -> float:
+            epoch = step // steps_per_epoch
+            f = sch["gamma"] ** sum(epoch >= m for m in sch["milestones"])
+            if step < sch["warmup_iters"]:
+                r = sch["warmup_ratio"]
+                f *= r + (1 - r) * step / sch["warmup_iters"]
+            return f
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _training_arg(self, name: str, keys: tuple[str, ...]) -> dict[str, Any]:
+        """``optimizer`` / ``scheduler`` with every key set (their values live in ``conf/model``, not here)."""
+        value = dict(self.hparams.get(name) or {})
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise ValueError(f"model.{name} must set {list(keys)}; missing {missing} (a module built for "
+                             "evaluation has no training arguments)")
+        return value
+
+    def _clips_under_grad_scaler(self) -> bool:
+        """Whether this run clips gradients under a GradScaler (16-bit AMP), which rules out the fused AdamW
+        kernel: it unscales the gradients itself, so Lightning refuses to clip them first."""
+        trainer = self._trainer
+        if trainer is None or not getattr(trainer, "gradient_clip_val", None):
+            return False
+        return getattr(trainer.precision_plugin, "scaler", None) is not None
+
+    def _steps_per_epoch(self) -> int:
+        trainer = self.trainer
+        total = trainer.estimated_stepping_batches
+        if trainer.max_epochs and trainer.max_epochs > 0 and math.isfinite(total):
+            return int(total // trainer.max_epochs)
+        return 1
+
+    # ---------------------------------------------------------------- weights-only init
+    def load_weights_from(self, path: str | Path) -> Path:
+        """Initialise the network from the weights of a run dir (its best checkpoint), a checkpoint or a model
+        file (``init_from``): no optimiser, no epoch. The text-token buffers are not in the state dict, so a model
+        trained on other keypoint names loads too; tensors whose shape differs (another K) are reported and left
+        as initialised. Returns the file read."""
+        file = resolve_checkpoint(path, prefer="best")
+        _, state = load_checkpoint(file)
+        own = self.net.state_dict()
+        loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        skipped = sorted(set(state) - set(loadable))
+        missing = sorted(set(own) - set(loadable))
+        self.net.load_state_dict(loadable, strict=False)
+        log.info("init_from %s: %d tensors loaded, %d skipped (%s), %d left as initialised", file, len(loadable),
+                 len(skipped), ", ".join(skipped[:5]), len(missing))
+        return file
