@@ -27,10 +27,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP) ## create .venv and install clamp_pl with its pinned dependencies (idempotent)
 
-test: $(STAMP) ## the fast test suite (no slow, no gpu)
-	$(PY) -m pytest -m "not slow and not gpu" -q
+test: $(STAMP) ## the fast test suite (no e2e, no slow, no gpu)
+	$(PY) -m pytest -m "not slow and not gpu and not e2e" -q
 
-test-full: $(STAMP) ## every CPU test, slow ones included
+test-e2e: $(STAMP) ## the end-to-end tests: trainings, sweeps, DDP, resume, demo, notebook, benchmarks
+	$(PY) -m pytest -m "e2e and not slow and not gpu" -q
+
+test-full: $(STAMP) ## every CPU test, e2e and slow ones included
 	$(PY) -m pytest -m "not gpu" -q
 
 demo: $(STAMP) ## the main jobs on embedded data: mouse frames; toy few-shot/zero-shot from the shipped starting point
@@ -66,4 +69,4 @@ clean: ## remove caches and build leftovers (keeps .venv and logs)
 clean-logs: ## remove training logs and outputs
 	rm -rf logs/ outputs/ multirun/ wandb/
 
-.PHONY: help install test test-full demo pretrain-toy train sweep bench bench-gpu lint format clean clean-logs
+.PHONY: help install test test-e2e test-full demo pretrain-toy train sweep bench bench-gpu lint format clean clean-logs

@@ -18,7 +18,7 @@ if "OMP_WAIT_POLICY" not in os.environ:  # short OpenMP spin, as the Makefile (r
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_DATA = REPO / "tests" / "data"
+TEST_DATA = REPO / "tests" / "fixtures"
 
 _real_connect = socket.socket.connect
 
@@ -132,3 +132,14 @@ def make_cfg(tmp_path, data_dir):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+
+
+INTEGRATION = REPO / "tests" / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything in tests/integration trains, sweeps or spawns processes end to end: marked ``e2e``
+    (``make test-e2e``), outside the fast suite (``make test``)."""
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.e2e)

@@ -247,6 +247,7 @@ def _ddp_worker(rank, world_size, init_file, out_file, gt, data):
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_ddp_two_processes_equal_one(tmp_path):
     gt = make_gt(n_instances=24, seed=6)
     data = make_predictions(gt, seed=7)

@@ -17,8 +17,8 @@ from helpers.official_layout import mmpose_checkpoint, to_official
 from clamp_pl.data.metainfo import get_meta
 from clamp_pl.models import CLAMP
 
-REPO = Path(__file__).parents[1]
-AP10K_SAMPLE = REPO / "tests" / "data" / "ap10k"
+REPO = Path(__file__).parents[2]
+AP10K_SAMPLE = REPO / "tests" / "fixtures" / "ap10k"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from xtcocotools.coco import COCO
 
+from clamp_pl.data import toy as toy_module
 from clamp_pl.data.metainfo import get_meta
 from clamp_pl.data.toy import TOY_SPECIES, ensure_toy_ap10k, toy_categories
 
@@ -100,7 +100,7 @@ def test_left_right_are_the_animals_own(toy):
     assert near_visible > 3 * max(far_visible, 1)
 
 
-def test_deterministic_and_idempotent(tmp_path, toy):
+def test_deterministic_and_idempotent(tmp_path, toy, monkeypatch):
     again = ensure_toy_ap10k(tmp_path / "a", seed=0, **SMALL)
     for split in ("train", "val", "test"):
         assert again[split].read_bytes() == toy[split].read_bytes()
@@ -109,9 +109,10 @@ def test_deterministic_and_idempotent(tmp_path, toy):
     assert all((toy["images"] / f).read_bytes() == (again["images"] / f).read_bytes() for f in files)
 
     mtime = again["train"].stat().st_mtime_ns
-    t0 = time.perf_counter()
-    assert ensure_toy_ap10k(tmp_path / "a", seed=0, **SMALL) == again
-    assert time.perf_counter() - t0 < 0.5 and again["train"].stat().st_mtime_ns == mtime
+    with monkeypatch.context() as m:  # same parameters: nothing may be rendered again
+        m.setattr(toy_module, "_render_split", lambda *a, **k: pytest.fail("regenerated an up-to-date toy set"))
+        assert ensure_toy_ap10k(tmp_path / "a", seed=0, **SMALL) == again
+    assert again["train"].stat().st_mtime_ns == mtime
 
     other = ensure_toy_ap10k(tmp_path / "a", seed=1, n_train=5, n_val=2, n_test=2)  # new params: regenerated
     assert other["train"].read_bytes() != toy["train"].read_bytes()

@@ -12,7 +12,7 @@ import pytest
 
 from clamp_pl.tools.aggregate import aggregate, collect
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_cli(args: list[str], tmp_path: Path, data_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:

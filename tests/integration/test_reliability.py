@@ -22,7 +22,7 @@ from clamp_pl.train import train
 from clamp_pl.training.callbacks.safety import NonFiniteLossError
 from clamp_pl.training.module import PoseLitModule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHORT = [*FAST_OVERRIDES, "experiment=supervised_toy", "data.batch_size=4", "trainer.limit_train_batches=2",
          "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 EXACT = ["trainer.deterministic=true", "trainer.check_val_every_n_epoch=1", "data.num_workers=0"]

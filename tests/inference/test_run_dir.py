@@ -22,7 +22,7 @@ from clamp_pl.api import coco_result, load_model
 from clamp_pl.inference import checkpoint
 from clamp_pl.inference.checkpoint import SPEC_KEY, atomic_torch_save, load_checkpoint, save_model_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EVAL_QUIET = ["extras.print_config=false", "trainer.enable_progress_bar=false"]
 
 

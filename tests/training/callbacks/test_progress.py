@@ -8,8 +8,8 @@ import warnings
 
 import pytest
 import pytorch_lightning as pl
+from helpers.training import RandomPoseData, make_module
 from pytorch_lightning.callbacks import RichProgressBar as LightningRichProgressBar
-from test_pose_module import RandomPoseData, make_module
 from torch import nn
 from torch.utils.data import DataLoader
 

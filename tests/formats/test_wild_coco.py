@@ -1,4 +1,4 @@
-"""COCO keypoint files as other animal datasets write them (fixtures in tests/data/wild, made by its
+"""COCO keypoint files as other animal datasets write them (fixtures in tests/fixtures/wild, made by its
 make_fixtures.py): skeleton index base, names -> prompts, flip pairs against mmpose's metainfo, published sigmas,
 user overrides, and the errors and warnings a user gets."""
 

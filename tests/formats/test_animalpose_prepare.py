@@ -23,8 +23,8 @@ from clamp_pl.formats.animalpose import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-RAW = REPO / "tests" / "data" / "animalpose_raw" / "keypoints.json"
-SAMPLES = REPO / "tests" / "data" / "animalpose"
+RAW = REPO / "tests" / "fixtures" / "animalpose_raw" / "keypoints.json"
+SAMPLES = REPO / "tests" / "fixtures" / "animalpose"
 
 
 def test_mmpose_samples_round_trip():

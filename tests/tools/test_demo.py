@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from clamp_pl.tools.demo import JOBS, PRETRAINED, conclusion, print_summary, run_demo
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
@@ -14,6 +16,7 @@ SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.lim
          "trainer.enable_progress_bar=false", "callbacks.rich_progress_bar=null"]
 
 
+@pytest.mark.e2e
 def test_demo_runs_every_job(tmp_path, capsys):
     # its own data dir: the demo's toy set has the default size, unlike the suite's debug=tiny one
     summary = run_demo([*SHORT, f"paths.data_dir={tmp_path / 'data'}"], out_root=tmp_path / "demo")

@@ -45,7 +45,7 @@ def test_shipped_file_scores_its_recorded_metrics(tmp_path):
 @pytest.mark.slow
 def test_script_trains_converts_and_records(tmp_path):
     """scripts/pretrain_toy.py end to end, on a tiny toy set and two training batches."""
-    spec = importlib.util.spec_from_file_location("pretrain_toy", Path(__file__).parents[1] / "scripts" / "pretrain_toy.py")
+    spec = importlib.util.spec_from_file_location("pretrain_toy", Path(__file__).parents[2] / "scripts" / "pretrain_toy.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "model.pt"
