@@ -9,6 +9,7 @@ weights, measured on the file itself; ``tests/test_pretrained_toy.py`` re-measur
 
     python scripts/pretrain_toy.py                       # train (~30 min on 2 CPU cores) and write the file
     python scripts/pretrain_toy.py --run logs/train/runs/<time>   # only convert and measure a finished run
+    python scripts/pretrain_toy.py --head prompt         # the prompt-head starting point (experiment=pretrain_toy_prompt)
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from clamp_pl.cli.build import build_datamodule, build_spec
 from clamp_pl.cli.config import compose_config, project_root
 from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint, save_model_file
 from clamp_pl.spec import ModelSpec
-from clamp_pl.tools.demo import PRETRAINED, measure_pretrained
+from clamp_pl.tools.demo import PRETRAINED, PRETRAINED_PROMPT, measure_pretrained
 
-EXPERIMENT = "experiment=pretrain_toy"
+#: the experiment per head: CLAMP's concat head, or the prompt head (keypoints = prompts, transfers whole)
+EXPERIMENTS = {"concat": "experiment=pretrain_toy", "prompt": "experiment=pretrain_toy_prompt"}
 
 
 def portable(spec: ModelSpec) -> ModelSpec:
@@ -74,12 +76,16 @@ def run_provenance(run_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="convert this finished run dir instead of training")
-    parser.add_argument("--out", type=Path, default=PRETRAINED, help="model file to write (default: %(default)s)")
+    parser.add_argument("--head", choices=sorted(EXPERIMENTS), default="concat",
+                        help="keypoint head of the starting point (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help=f"model file to write (default: {PRETRAINED} for concat, "
+                        f"{PRETRAINED_PROMPT} for prompt)")
     parser.add_argument("--code", default="", help="with --run: the commit the run was trained with")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for the training run")
     args = parser.parse_args(argv)
 
-    overrides = [EXPERIMENT, *args.overrides]
+    out = args.out or (PRETRAINED_PROMPT if args.head == "prompt" else PRETRAINED)
+    overrides = [EXPERIMENTS[args.head], *args.overrides]
     if args.run is None:
         from clamp_pl.train import train
 
@@ -87,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         log_dir = compose_config("train", overrides, project_root()).paths.log_dir
         run_dir = Path(log_dir) / "pretrain_toy" / stamp
         cfg = compose_config("train", [*overrides, "extras.print_config=false"], run_dir)
-        made = {"command": " ".join(["python scripts/pretrain_toy.py", *args.overrides]), "code": git_commit(),
+        command = ["python scripts/pretrain_toy.py", *(["--head", args.head] if args.head != "concat" else []),
+                   *args.overrides]
+        made = {"command": " ".join(command), "code": git_commit(),
                 "load_average_at_start": round(os.getloadavg()[0], 2)}
         start = time.time()
         train(cfg)
@@ -104,12 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     dm = build_datamodule(cfg)
     spec = build_spec(cfg, dm.ensure_meta(), dm.name)
     spec.build_network().load_state_dict(state)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_model_file(args.out, portable(spec), to_fp16(state))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_model_file(out, portable(spec), to_fp16(state))
     stamp_file = Path(cfg.data.root) / "toy_stamp.json"
     record = {
-        "file": args.out.name,
-        "bytes": args.out.stat().st_size,
+        "file": out.name,
+        "bytes": out.stat().st_size,
         **made,
         "overrides": overrides,
         "seed": int(cfg.seed),
@@ -121,9 +129,9 @@ def main(argv: list[str] | None = None) -> None:
                     "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
         "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         # measured on the data the run used (paths./data. overrides), e.g. a smaller toy set in a test
-        "metrics": measure_pretrained(args.out, [o for o in overrides if o.lstrip("+").startswith(("paths.", "data."))]),
+        "metrics": measure_pretrained(out, [o for o in overrides if o.lstrip("+").startswith(("paths.", "data."))]),
     }
-    args.out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record, indent=1))
 
 

@@ -31,6 +31,9 @@ from clamp_pl.cli.config import PACKAGE_DIR, compose_config, project_root
 #: the shipped starting point: clamp_tiny trained on every toy family but Equidae (scripts/pretrain_toy.py); the
 #: JSON file beside it says how it was made and what it scores
 PRETRAINED = PACKAGE_DIR / "resources" / "toy_pretrained" / "clamp_tiny_toy_no_equidae.pt"
+#: the same with the prompt head (``scripts/pretrain_toy.py --head prompt``): its keypoints are its prompts, so it
+#: loads whole into a network for any other keypoint names
+PRETRAINED_PROMPT = PRETRAINED.with_name("clamp_tiny_toy_no_equidae_prompt.pt")
 #: what the JSON records of the shipped file, each measured by ``clamp_pl.eval`` on the file itself
 PRETRAINED_EVALS = {
     "zeroshot_test": ["data=toy_ap10k", "protocol=zeroshot", "split=test"],  # held-out Equidae
