@@ -1,4 +1,4 @@
-"""DeepLabCut projects -> COCO keypoint files.
+"""DeepLabCut / lightning-pose tables: label files read and converted to COCO, pose tables written.
 
 A DeepLabCut (DLC) project keeps its labels per video in ``labeled-data/<video>/CollectedData_<scorer>.csv``:
 
@@ -29,6 +29,17 @@ Prompts for the body-part names come from :func:`clamp_pl.data.metainfo.name_to_
 :func:`ensure_mouse_openfield` converts the 116 real frames of DLC's openfield example that ship with the
 package (``clamp_pl/resources/dlc_openfield``, half size, see its README) with its fixed split: frames 100-115
 test, 90-99 val, 0-89 train.
+
+Writing (:class:`PoseTable`, :func:`write_pose_table`): predictions in the layout DeepLabCut writes its analysis
+results, one row per frame (or image) and, per individual and body part, ``x``, ``y`` (image pixels) and
+``likelihood`` (the keypoint score):
+
+* CSV (:func:`write_dlc_csv`): the same header rows as the label files, then the index (frame number, or an
+  image's relative path) and ``x, y, likelihood`` per body part; missing values are ``NaN`` (not empty cells:
+  pandas takes a first data row of empty cells for a row of index names and drops it).
+  ``pandas.read_csv(path, header=[0, 1, 2], index_col=0)`` (``[0, 1, 2, 3]`` with individuals) reads it back.
+* HDF5 (:func:`write_dlc_h5`, key ``df_with_missing``, the same columns as a pandas MultiIndex), when PyTables is
+  installed (``pip install tables``); skipped with a log line otherwise.
 """
 
 from __future__ import annotations
@@ -38,13 +49,14 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
 import yaml
 
 from clamp_pl.core.geometry import keypoint_box
@@ -52,6 +64,7 @@ from clamp_pl.core.geometry import keypoint_box
 __all__ = [
     "DLCLabels",
     "MOUSE_OPENFIELD_BLOCKS",
+    "PoseTable",
     "dlc_to_coco",
     "instances_to_annotations",
     "ensure_mouse_openfield",
@@ -60,9 +73,13 @@ __all__ = [
     "split_frames",
     "split_labels",
     "summarize_split",
+    "table_from_instances",
     "video_of",
     "write_coco_splits",
     "write_conversion",
+    "write_dlc_csv",
+    "write_dlc_h5",
+    "write_pose_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +88,8 @@ RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "dlc_openf
 #: Default split of the embedded openfield frames: half-open frame-index blocks.
 MOUSE_OPENFIELD_BLOCKS = {"val": (90, 100), "test": (100, 116)}
 _CONVERTER_VERSION = 2
+#: HDF5 key of DeepLabCut's files
+H5_KEY = "df_with_missing"
 
 
 @dataclass
@@ -89,6 +108,138 @@ class DLCLabels:
     coords: np.ndarray
 
 
+@dataclass
+class PoseTable:
+    """Per-frame keypoints of ``I`` individuals.
+
+    Attributes:
+        index: one label per row: frame numbers (videos) or relative image paths.
+        xy: float ``[T, I, K, 2]`` image pixels; NaN = not predicted.
+        likelihood: float ``[T, I, K]`` keypoint scores; NaN = not predicted.
+        bodyparts: ``K`` keypoint names.
+        scorer: the name in the ``scorer`` header row.
+        individuals: ``I`` names for the multi-animal layout, or None for the single-animal layout (``I == 1``).
+    """
+
+    index: list[Any]
+    xy: np.ndarray
+    likelihood: np.ndarray
+    bodyparts: list[str]
+    scorer: str = "clamp"
+    individuals: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        t, i, k = self.likelihood.shape
+        if self.xy.shape != (t, i, k, 2) or len(self.index) != t or len(self.bodyparts) != k:
+            raise ValueError(f"PoseTable: inconsistent shapes: index {len(self.index)}, xy {self.xy.shape}, "
+                             f"likelihood {self.likelihood.shape}, {len(self.bodyparts)} bodyparts")
+        if self.individuals is None and i != 1:
+            raise ValueError(f"PoseTable: {i} individuals need names (the multi-animal layout)")
+        if self.individuals is not None and len(self.individuals) != i:
+            raise ValueError(f"PoseTable: {len(self.individuals)} individual names for {i} individuals")
+
+    def columns(self) -> list[tuple[str, ...]]:
+        """The column keys in file order: ``(scorer, [individual,] bodypart, coord)``."""
+        inds = self.individuals if self.individuals is not None else [None]
+        return [(self.scorer, *(() if ind is None else (ind,)), bp, c)
+                for ind in inds for bp in self.bodyparts for c in ("x", "y", "likelihood")]
+
+    def values(self) -> np.ndarray:
+        """``[T, I * K * 3]`` in the order of :meth:`columns`."""
+        t, i, k = self.likelihood.shape
+        return np.concatenate([self.xy, self.likelihood[..., None]], axis=-1).reshape(t, i * k * 3)
+
+    def header_names(self) -> list[str]:
+        return ["scorer", "bodyparts", "coords"] if self.individuals is None else \
+            ["scorer", "individuals", "bodyparts", "coords"]
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The table as DeepLabCut holds it: one row per index label, a column MultiIndex named by
+        :meth:`header_names`."""
+        columns = pd.MultiIndex.from_tuples(self.columns(), names=self.header_names())
+        return pd.DataFrame(self.values(), index=self.index, columns=columns)
+
+
+def table_from_instances(
+    index: Sequence[Any],
+    instances: Sequence[Sequence[dict[str, Any]]],
+    bodyparts: Sequence[str],
+    scorer: str = "clamp",
+    multi_animal: bool = False,
+) -> PoseTable:
+    """A :class:`PoseTable` from per-row lists of :meth:`clamp_pl.api.PoseEstimator.predict` instances.
+
+    Single-animal layout: the row's best-scoring instance (rows with none are NaN). Multi-animal: individual
+    ``animal<n>`` is each row's ``n``-th instance by score (``animal1`` = best), as many individuals as the most
+    crowded row; identities are NOT followed across frames.
+    """
+    if len(index) != len(instances):
+        raise ValueError(f"table_from_instances: {len(index)} index labels for {len(instances)} rows")
+    k = len(bodyparts)
+    ranked = [sorted(row, key=lambda d: -float(d["score"])) for row in instances]
+    n_ind = max((len(r) for r in ranked), default=0) if multi_animal else 1
+    n_ind = max(n_ind, 1)
+    xy = np.full((len(index), n_ind, k, 2), np.nan)
+    lk = np.full((len(index), n_ind, k), np.nan)
+    for t, row in enumerate(ranked):
+        for i, inst in enumerate(row[:n_ind]):
+            xy[t, i] = np.asarray(inst["keypoints"], dtype=np.float64)
+            lk[t, i] = np.asarray(inst["scores"], dtype=np.float64)
+    individuals = [f"animal{i + 1}" for i in range(n_ind)] if multi_animal else None
+    return PoseTable(list(index), xy, lk, list(bodyparts), scorer, individuals)
+
+
+def write_dlc_csv(table: PoseTable, path: str | Path) -> Path:
+    """Write ``table`` as a DeepLabCut analysis CSV (see the module docstring); returns the path.
+
+    Coordinates are written to 3 decimals (a thousandth of a pixel), likelihoods to 4."""
+    path = Path(path)
+    df = table.to_dataframe()
+    df.round({c: 4 if c[-1] == "likelihood" else 3 for c in df.columns}).to_csv(path, na_rep="NaN")
+    return path
+
+
+def write_dlc_h5(table: PoseTable, path: str | Path) -> Path | None:
+    """Write ``table`` as DeepLabCut's HDF5 (pandas ``to_hdf``, key ``df_with_missing``); None (and a log line)
+    when PyTables is not installed."""
+    try:
+        import tables  # noqa: F401  (pandas needs PyTables for HDF5)
+    except ImportError:
+        log.info("%s not written: HDF5 output needs PyTables (pip install tables)", path)
+        return None
+    path = Path(path)
+    table.to_dataframe().to_hdf(path, key=H5_KEY, mode="w")
+    return path
+
+
+def write_pose_table(
+    table: PoseTable, stem: str | Path, smoothing: dict[str, Any] | None = None
+) -> dict[str, Path | None]:
+    """Write ``<stem>.csv`` and ``<stem>.h5`` (when possible) and, with ``smoothing`` (keyword arguments of
+    :func:`clamp_pl.inference.smoothing.smooth_trajectories`, ``method`` among them), ``<stem>_filtered.csv`` /
+    ``.h5`` beside them.
+
+    Multi-animal tables are not smoothed: their individuals are ranks by score, not identities followed over
+    time. Returns ``{"csv", "h5", "filtered_csv", "filtered_h5"}`` (None for what was not written)."""
+    stem = Path(stem)
+    out: dict[str, Path | None] = {
+        "csv": write_dlc_csv(table, stem.with_name(stem.name + ".csv")),
+        "h5": write_dlc_h5(table, stem.with_name(stem.name + ".h5")),
+        "filtered_csv": None,
+        "filtered_h5": None,
+    }
+    if smoothing:
+        if table.individuals is not None:
+            log.warning("%s: not smoothed: several animals per frame are ranked by score, not followed, so a "
+                        "trajectory may jump between animals", out["csv"])
+        else:
+            # scipy-only and torch-free: importing it here keeps this module free of the inference package
+            from clamp_pl.inference.smoothing import smooth_table
+
+            smoothed = smooth_table(table, **smoothing)
+            out["filtered_csv"] = write_dlc_csv(smoothed, stem.with_name(stem.name + "_filtered.csv"))
+            out["filtered_h5"] = write_dlc_h5(smoothed, stem.with_name(stem.name + "_filtered.h5"))
+    return out
 def _fail(path: Path, msg: str) -> ValueError:
     return ValueError(f"{path}: {msg}")
 

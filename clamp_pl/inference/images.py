@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from clamp_pl.core.viz import draw_instances, save_rgb
 from clamp_pl.formats.coco import write_results
+from clamp_pl.formats.dlc import table_from_instances, write_pose_table
 from clamp_pl.inference.detector import Detector
 from clamp_pl.inference.estimator import (
     IMAGE_SUFFIXES,
@@ -26,7 +27,6 @@ from clamp_pl.inference.estimator import (
     coco_result,
     read_image,
 )
-from clamp_pl.inference.pose_io import table_from_instances, write_pose_table
 
 log = logging.getLogger("clamp_pl")
 

@@ -45,9 +45,9 @@ from tqdm import tqdm
 
 from clamp_pl.core.viz import draw_instances
 from clamp_pl.formats.coco import write_results
+from clamp_pl.formats.dlc import table_from_instances, write_pose_table
 from clamp_pl.inference.detector import Detector
 from clamp_pl.inference.estimator import PoseEstimator, coco_result
-from clamp_pl.inference.pose_io import table_from_instances, write_pose_table
 from clamp_pl.inference.tracking import FollowConfig, Follower
 
 log = logging.getLogger("clamp_pl")

@@ -1,21 +1,19 @@
-"""DeepLabCut-layout pose tables (clamp_pl.inference.pose_io): read back with pandas as DeepLabCut / lightning-pose users
-do, HDF5 where PyTables is installed, and temporal smoothing that is written beside the raw table."""
+"""DeepLabCut-layout pose tables written by clamp_pl.formats.dlc: read back with pandas as DeepLabCut /
+lightning-pose users do, HDF5 where PyTables is installed, smoothed tables written beside the raw one."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from clamp_pl.inference.pose_io import (
+from clamp_pl.formats.dlc import (
     PoseTable,
-    smooth_trajectories,
     table_from_instances,
     write_dlc_csv,
     write_dlc_h5,
     write_pose_table,
 )
-
-pd = pytest.importorskip("pandas")
 
 PARTS = ["snout", "leftear", "rightear", "tailbase"]
 
@@ -80,31 +78,6 @@ def test_h5_matches_the_csv(tmp_path):
     df_csv = pd.read_csv(write_dlc_csv(table, tmp_path / "walk.csv"), header=[0, 1, 2], index_col=0)
     assert list(df_h5.columns) == list(df_csv.columns)
     np.testing.assert_allclose(df_h5.to_numpy(), df_csv.to_numpy(), atol=1e-3)
-
-
-def test_smoothing_removes_a_spike_and_interpolates_low_scores():
-    t = np.arange(21, dtype=np.float64)
-    xy = np.stack([np.stack([t, 2 * t], 1)] * 2, axis=1)  # [T, K=2, 2]: a straight line
-    lk = np.full((21, 2), 0.9)
-    xy[10, 0] = [200.0, -50.0]  # a one-frame jump, confident
-    xy[5, 1] = [999.0, 999.0]  # a wrong, unconfident point
-    lk[5, 1] = 0.1
-    med = smooth_trajectories(xy, lk, "median", window=5, threshold=0.3)
-    np.testing.assert_allclose(med[10, 0], [10.0, 20.0], atol=2.0)  # the spike is gone (a neighbour's value)
-    np.testing.assert_allclose(med[5, 1], [5.0, 10.0])  # interpolated from its neighbours
-    sg = smooth_trajectories(xy, lk, "savgol", window=7, polyorder=1, threshold=0.3)
-    np.testing.assert_allclose(sg[5, 1], [5.0, 10.0], atol=1e-6)  # a line is kept exactly by degree 1
-    never = smooth_trajectories(xy, np.zeros((21, 2)), "median")
-    assert np.isnan(never).all()  # nothing confident: nothing invented
-    short = smooth_trajectories(xy[:4], lk[:4], "savgol", window=9, polyorder=2)
-    assert np.isfinite(short).all()  # the window shrinks to the sequence
-
-
-@pytest.mark.parametrize("kw, match", [({"method": "mean"}, "method"), ({"window": 4}, "odd"),
-                                        ({"method": "savgol", "window": 5, "polyorder": 5}, "polyorder")])
-def test_smoothing_errors(kw, match):
-    with pytest.raises(ValueError, match=match):
-        smooth_trajectories(np.zeros((10, 1, 2)), np.ones((10, 1)), **kw)
 
 
 def test_filtered_files_are_written_beside_the_raw_ones(tmp_path):
