@@ -272,11 +272,23 @@ def load_coco_instances(
     data = _read_json(path)
     report = LoadReport(file=str(path))
     fail = _Errors(report, on_error)
-    k = meta.num_keypoints
+    categories, bad_categories = _valid_categories(data["categories"], meta, fail)
+    images, bad_images = _valid_images(data["images"], fail)
+    if check_images:
+        _check_image_files(images, bad_images, img_dir, fail)
+    instances, kept_anns = _instances(data["annotations"], _Valid(categories, bad_categories, images, bad_images),
+                                      meta, img_dir, report, fail, skip_unlabelled)
+    return instances, _restricted_gt(data, categories, images, kept_anns), report
 
+
+def _valid_categories(
+    raw: list[Any], meta: DatasetMeta, fail: _Errors
+) -> tuple[dict[int, dict[str, Any]], set[Any]]:
+    """The categories whose keypoints match ``meta``'s layout, by id, and the ids of the unusable ones."""
+    k = meta.num_keypoints
     categories: dict[int, dict[str, Any]] = {}
     bad_categories: set[Any] = set()
-    for cat in data["categories"]:
+    for cat in raw:
         cid = cat.get("id") if isinstance(cat, dict) else None
         if not _is_int(cid):
             fail("id", f"category id must be an integer, got {cid!r}", category_id=None)
@@ -297,10 +309,14 @@ def load_coco_instances(
             fail("id", "duplicate category id", category_id=cid)
         else:
             categories[cid] = cat
+    return categories, bad_categories
 
+
+def _valid_images(raw: list[Any], fail: _Errors) -> tuple[dict[int, dict[str, Any]], set[Any]]:
+    """The well-formed image records by id, and the ids of the bad ones."""
     images: dict[int, dict[str, Any]] = {}
     bad_images: set[Any] = set()
-    for im in data["images"]:
+    for im in raw:
         iid = im.get("id") if isinstance(im, dict) else None
         if not _is_int(iid):
             fail("id", f"image id must be an integer, got {iid!r}", image_id=None)
@@ -314,23 +330,50 @@ def load_coco_instances(
             bad_images.add(iid)
         else:
             images[iid] = im
+    return images, bad_images
 
-    if check_images and images:
-        todo = list(images.values())
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            reasons = list(pool.map(
-                lambda im: check_image_file(img_dir / im["file_name"], im["width"], im["height"]), todo))
-        for im, reason in zip(todo, reasons):
-            if reason is not None:
-                fail("file_name", reason, image_id=im["id"])
-                bad_images.add(im["id"])
-                del images[im["id"]]
 
+def _check_image_files(images: dict[int, dict[str, Any]], bad_images: set[Any], img_dir: Path, fail: _Errors
+                       ) -> None:
+    """Open every image's header (in threads); images whose file is missing,
+    truncated or of another size move from ``images`` to ``bad_images``."""
+    if not images:
+        return
+    todo = list(images.values())
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        reasons = list(pool.map(
+            lambda im: check_image_file(img_dir / im["file_name"], im["width"], im["height"]), todo))
+    for im, reason in zip(todo, reasons):
+        if reason is not None:
+            fail("file_name", reason, image_id=im["id"])
+            bad_images.add(im["id"])
+            del images[im["id"]]
+
+
+@dataclass
+class _Valid:
+    """The categories and images an annotation may refer to, and the ids of the invalid ones."""
+
+    categories: dict[int, dict[str, Any]]
+    bad_categories: set[Any]
+    images: dict[int, dict[str, Any]]
+    bad_images: set[Any]
+
+
+def _instances(
+    anns: list[Any], valid: _Valid, meta: DatasetMeta, img_dir: Path, report: LoadReport, fail: _Errors,
+    skip_unlabelled: bool,
+) -> tuple[list[Instance], list[dict[str, Any]]]:
+    """The instances of the valid annotations (file order) and the annotations the ground truth keeps (crowd and
+    unlabelled ones included)."""
+    categories, bad_categories = valid.categories, valid.bad_categories
+    images, bad_images = valid.images, valid.bad_images
+    k = meta.num_keypoints
     instances: list[Instance] = []
     kept_anns: list[dict[str, Any]] = []
     seen_ids: set[int] = set()
-    report.counts["annotations"] = len(data["annotations"])
-    for ann in data["annotations"]:
+    report.counts["annotations"] = len(anns)
+    for ann in anns:
         if not isinstance(ann, dict) or not _is_int(ann.get("id")):
             raw = ann.get("id") if isinstance(ann, dict) else ann
             fail("id", f"annotation id must be an integer, got {raw!r}", annotation=True,
@@ -393,12 +436,17 @@ def load_coco_instances(
             )
         )
     report.counts["instances"] = len(instances)
+    return instances, kept_anns
 
+
+def _restricted_gt(data: dict[str, Any], categories: dict[int, dict[str, Any]], images: dict[int, dict[str, Any]],
+                   kept_anns: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ground-truth dict of the valid records (a new dict, the file's other top-level keys kept)."""
     gt = {key: value for key, value in data.items() if key not in ("images", "annotations", "categories")}
     gt["categories"] = list(categories.values())
     gt["images"] = [im for im in data["images"] if isinstance(im, dict) and im.get("id") in images]
     gt["annotations"] = kept_anns
-    return instances, gt, report
+    return gt
 
 
 def write_results(path: str | Path, results: Sequence[Mapping]) -> Path:

@@ -49,7 +49,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,11 @@ import yaml
 from clamp_pl.core.geometry import keypoint_box
 
 __all__ = [
+    "CocoBuilder",
     "DLCLabels",
     "MOUSE_OPENFIELD_BLOCKS",
     "PoseTable",
+    "SplitSettings",
     "dlc_to_coco",
     "instances_to_annotations",
     "ensure_mouse_openfield",
@@ -497,6 +499,143 @@ def _frame_file(csv_path: Path, frame: str) -> Path:
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
+@dataclass(frozen=True)
+class SplitSettings:
+    """How a converter splits its frames per video (DeepLabCut and SLEAP alike).
+
+    ``blocks`` (``{video: {"val": (start, stop), "test": (start, stop)}}``, half-open ranges of the video's frames
+    in order) is used as given; None = computed by :func:`split_frames` from ``mode``, the fractions and
+    ``seed``."""
+
+    mode: str = "blocks"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.15
+    seed: int = 0
+    blocks: Mapping[str, Mapping[str, tuple[int, int]]] | None = None
+
+    def resolve(self, counts: Mapping[str, int]) -> tuple[str, dict[str, Mapping[str, tuple[int, int]]]]:
+        """``(mode recorded in split.json, blocks per video)`` for videos with ``counts`` frames; blocks naming a
+        video the project does not have are an error (a typo would otherwise hold nothing out)."""
+        if self.blocks is None:
+            return self.mode, split_frames(counts, mode=self.mode, val_fraction=self.val_fraction,
+                                           test_fraction=self.test_fraction, seed=self.seed)
+        unknown = sorted(set(self.blocks) - set(counts))
+        if unknown:
+            raise ValueError(f"blocks name videos {unknown} that the project does not have "
+                             f"(videos: {sorted(counts)})")
+        return "given", dict(self.blocks)
+
+
+class CocoBuilder:
+    """The common half of the DeepLabCut and SLEAP converters: frames grouped by video, split per video
+    (:class:`SplitSettings`), added one by one as COCO images with their animals' annotations (one category),
+    then written with ``split.json`` (:func:`write_conversion`).
+
+    A converter reads its own files, groups its frames by video in frame order, and calls :meth:`add_frame` for
+    each ``(video, frame, split)`` that :meth:`frames` yields."""
+
+    def __init__(self, source: str | Path, category: dict, frames_per_video: Mapping[str, int],
+                 split: SplitSettings, margin: float, min_margin: float) -> None:
+        self.source = source
+        self.category = category
+        self.counts = {v: int(n) for v, n in sorted(frames_per_video.items())}
+        self.mode, self.blocks = split.resolve(self.counts)
+        self.seed = split.seed
+        self.margin, self.min_margin = margin, min_margin
+        self.splits: dict[str, dict] = {}
+        self.image_video: dict[int, str] = {}
+        self.n_anns = 0
+
+    def frames(self, by_video: Mapping[str, Sequence[Any]]) -> Iterator[tuple[str, Any, str]]:
+        """``(video, frame, split)`` for every frame of ``by_video`` (videos by name, frames as given)."""
+        for video, frames in sorted(by_video.items()):
+            for frame, split_name in zip(frames, split_labels(len(frames), video, self.blocks.get(video, {}))):
+                yield video, frame, split_name
+
+    def add_frame(self, split: str, video: str, file_name: str, size: tuple[int, int], coords: np.ndarray,
+                  **extra: Any) -> int:
+        """Add one image (``size`` = (W, H), ``extra`` = further image fields) and an annotation per animal of
+        ``coords`` (I, K, 2) image pixels, NaN = not labelled (:func:`instances_to_annotations`); returns the
+        image id."""
+        image_id = len(self.image_video) + 1
+        self.image_video[image_id] = video
+        coco = self.splits.setdefault(split, {"images": [], "annotations": []})
+        coco["images"].append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1],
+                               "video": video, **extra})
+        anns = instances_to_annotations(coords, image_id, self.n_anns + 1, size, self.margin, self.min_margin)
+        self.n_anns += len(anns)
+        coco["annotations"] += anns
+        return image_id
+
+    def write(self, out_dir: Path, img_root: Path, info: dict) -> dict[str, Path]:
+        """The COCO files and ``split.json`` (:func:`write_conversion`); a split leaving no training frame is an
+        error."""
+        if "train" not in self.splits:
+            raise ValueError(f"{self.source}: the held-out blocks {self.blocks} leave no training frames")
+        return write_conversion(out_dir, self.splits, self.image_video, self.category, info, img_root=img_root,
+                                mode=self.mode, seed=self.seed, counts=self.counts, blocks=self.blocks)
+
+
+def _label_files(src: Path) -> list[Path]:
+    """The label CSVs of a project folder, or the one file given."""
+    if src.is_dir():
+        csvs = sorted(src.glob("labeled-data/*/CollectedData_*.csv"))
+        if not csvs:
+            raise FileNotFoundError(f"{src}: no labeled-data/*/CollectedData_*.csv in this DeepLabCut project")
+        return csvs
+    if src.is_file():
+        return [src]
+    raise FileNotFoundError(f"{src}: no such DeepLabCut project folder or label CSV")
+
+
+def _common_bodyparts(tables: Sequence[DLCLabels]) -> list[str]:
+    bodyparts = tables[0].bodyparts
+    for t in tables[1:]:
+        if t.bodyparts != bodyparts:
+            raise _fail(t.csv_path, f"body parts {t.bodyparts} differ from {bodyparts} in {tables[0].csv_path}")
+    return bodyparts
+
+
+def _skeleton(cfg: Mapping[str, Any], bodyparts: list[str]) -> list[list[int]]:
+    """``config.yaml``'s skeleton as 1-based COCO index pairs (edges naming unknown body parts dropped)."""
+    return [[bodyparts.index(a) + 1, bodyparts.index(b) + 1] for pair in cfg.get("skeleton") or []
+            if len(pair) == 2 and (a := pair[0]) in bodyparts and (b := pair[1]) in bodyparts]
+
+
+def _frames_by_video(tables: Sequence[DLCLabels]) -> dict[str, list[tuple[DLCLabels, int]]]:
+    """``{video: [(table, row), ...]}`` sorted by frame path; a frame labelled in two files is an error."""
+    by_video: dict[str, list[tuple[DLCLabels, int]]] = {}
+    seen: dict[str, Path] = {}
+    for t in tables:
+        for row, frame in enumerate(t.frame_paths):
+            if frame in seen:
+                raise _fail(t.csv_path, f"frame {frame} is labelled in {seen[frame]} too")
+            seen[frame] = t.csv_path
+            video = video_of(frame) or t.csv_path.parent.name
+            by_video.setdefault(video, []).append((t, row))
+    for frames in by_video.values():
+        frames.sort(key=lambda f: f[0].frame_paths[f[1]])
+    return by_video
+
+
+def _frame_image(csv_path: Path, frame: str, root: Path, img_root: Path, copy_images: bool
+                 ) -> tuple[str, tuple[int, int]]:
+    """Find a labelled frame's image, copy it below ``img_root`` when asked; ``(COCO file_name, (W, H))``."""
+    src_img = _frame_file(csv_path, frame)
+    rel = Path(*Path(frame).parts[1:]) if Path(frame).parts[0] == "labeled-data" else Path(frame)
+    file_name = rel.as_posix() if copy_images else Path(os.path.relpath(src_img, root)).as_posix()
+    img = cv2.imread(str(src_img), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise FileNotFoundError(f"{csv_path}: frame {frame} not found or unreadable at {src_img}")
+    height, width = img.shape[:2]
+    if copy_images:
+        dst = img_root / file_name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.is_file() or dst.stat().st_size != src_img.stat().st_size:
+            shutil.copyfile(src_img, dst)
+    return file_name, (width, height)
+
+
 def dlc_to_coco(
     project_or_csv: str | Path,
     out_dir: str | Path,
@@ -534,82 +673,23 @@ def dlc_to_coco(
         ``{"train": json, ["val": json,] ["test": json,] "images": folder, "split": split.json}``.
     """
     src = Path(project_or_csv)
-    if src.is_dir():
-        csvs = sorted(src.glob("labeled-data/*/CollectedData_*.csv"))
-        if not csvs:
-            raise FileNotFoundError(f"{src}: no labeled-data/*/CollectedData_*.csv in this DeepLabCut project")
-    elif src.is_file():
-        csvs = [src]
-    else:
-        raise FileNotFoundError(f"{src}: no such DeepLabCut project folder or label CSV")
+    csvs = _label_files(src)
     tables = [read_dlc_labels(c) for c in csvs]
-    bodyparts = tables[0].bodyparts
-    for t in tables[1:]:
-        if t.bodyparts != bodyparts:
-            raise _fail(t.csv_path, f"body parts {t.bodyparts} differ from {bodyparts} in {tables[0].csv_path}")
+    bodyparts = _common_bodyparts(tables)
     root = src if src.is_dir() else _project_root(src, tables[0].frame_paths)
-    cfg = _read_config(root)
-    skeleton = []
-    for pair in cfg.get("skeleton") or []:
-        if len(pair) == 2 and pair[0] in bodyparts and pair[1] in bodyparts:
-            skeleton.append([bodyparts.index(pair[0]) + 1, bodyparts.index(pair[1]) + 1])
-
-    by_video: dict[str, list[tuple[DLCLabels, int]]] = {}
-    seen: dict[str, Path] = {}
-    for t in tables:
-        for row, frame in enumerate(t.frame_paths):
-            if frame in seen:
-                raise _fail(t.csv_path, f"frame {frame} is labelled in {seen[frame]} too")
-            seen[frame] = t.csv_path
-            video = video_of(frame) or t.csv_path.parent.name
-            by_video.setdefault(video, []).append((t, row))
-    for frames in by_video.values():
-        frames.sort(key=lambda f: f[0].frame_paths[f[1]])
-    counts = {v: len(f) for v, f in sorted(by_video.items())}
-    mode = "given" if blocks is not None else split
-    if blocks is None:
-        blocks = split_frames(counts, mode=split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    unknown = sorted(set(blocks) - set(counts))
-    if unknown:
-        raise ValueError(f"blocks name videos {unknown} that the project does not have (videos: {sorted(counts)})")
+    category = {"supercategory": "animal", "id": 1, "name": category_name, "keypoints": list(bodyparts),
+                "skeleton": _skeleton(_read_config(root), bodyparts)}
+    by_video = _frames_by_video(tables)
+    settings = SplitSettings(split, val_fraction, test_fraction, seed, blocks)
+    coco = CocoBuilder(src, category, {v: len(f) for v, f in by_video.items()}, settings, margin, min_margin)
 
     out_dir = Path(out_dir)
     img_root = out_dir / "images" if copy_images else root
-    category = {"supercategory": "animal", "id": 1, "name": category_name, "keypoints": list(bodyparts),
-                "skeleton": skeleton}
-    splits: dict[str, dict] = {}
-    image_video: dict[int, str] = {}
-    n_anns = 0
-    for video, frames in sorted(by_video.items()):
-        labels = split_labels(len(frames), video, blocks.get(video, {}))
-        for (table, row), split_name in zip(frames, labels):
-            frame = table.frame_paths[row]
-            src_img = _frame_file(table.csv_path, frame)
-            rel = Path(*Path(frame).parts[1:]) if Path(frame).parts[0] == "labeled-data" else Path(frame)
-            file_name = rel.as_posix() if copy_images else Path(os.path.relpath(src_img, root)).as_posix()
-            img = cv2.imread(str(src_img), cv2.IMREAD_UNCHANGED)
-            if img is None:
-                raise FileNotFoundError(f"{table.csv_path}: frame {frame} not found or unreadable at {src_img}")
-            height, width = img.shape[:2]
-            if copy_images:
-                dst = img_root / file_name
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if not dst.is_file() or dst.stat().st_size != src_img.stat().st_size:
-                    shutil.copyfile(src_img, dst)
-            coco = splits.setdefault(split_name, {"images": [], "annotations": []})
-            image_id = len(image_video) + 1
-            image_video[image_id] = video
-            coco["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height,
-                                   "video": video})
-            anns = instances_to_annotations(table.coords[row], image_id, n_anns + 1, (width, height), margin,
-                                            min_margin)
-            n_anns += len(anns)
-            coco["annotations"] += anns
-    if "train" not in splits:
-        raise ValueError(f"the held-out blocks {dict(blocks)} leave no training frames")
+    for video, (table, row), split_name in coco.frames(by_video):
+        file_name, size = _frame_image(table.csv_path, table.frame_paths[row], root, img_root, copy_images)
+        coco.add_frame(split_name, video, file_name, size, table.coords[row])
     info = {"description": f"DeepLabCut labels of {root.name}", "source": [str(c) for c in csvs]}
-    return write_conversion(out_dir, splits, image_video, category, info, img_root=img_root, mode=mode, seed=seed,
-                            counts=counts, blocks=blocks)
+    return coco.write(out_dir, img_root, info)
 
 
 def ensure_mouse_openfield(root: str | Path) -> dict[str, Path]:

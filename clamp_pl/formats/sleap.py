@@ -23,12 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from clamp_pl.formats.dlc import (
-    instances_to_annotations,
-    split_frames,
-    split_labels,
-    write_conversion,
-)
+from clamp_pl.formats.dlc import CocoBuilder, SplitSettings
 
 __all__ = ["SLEAP_EXTRA_HINT", "import_sleap_io", "slp_to_coco"]
 
@@ -52,6 +47,20 @@ def _video_name(video: Any, index: int) -> str:
     else:
         stem = Path(str(filename)).stem
     return f"{index:02d}_{stem}"
+
+
+def _write_frame(slp: Path, video: str, lf: Any, dst: Path) -> tuple[int, int]:
+    """Write a labelled frame's image to ``dst`` (PNG); returns its ``(W, H)``."""
+    try:
+        img = np.asarray(lf.image)
+    except Exception as err:  # every backend has its own errors; name the frame whatever they are
+        raise FileNotFoundError(f"{slp}: frame {lf.frame_idx} of video {video} "
+                                f"({lf.video.filename}) cannot be read: {err}") from err
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(dst), img[..., ::-1] if img.ndim == 3 else img)  # sleap-io returns RGB
+    return img.shape[1], img.shape[0]
 
 
 def slp_to_coco(
@@ -102,46 +111,19 @@ def slp_to_coco(
         raise ValueError(f"{slp}: no user-labelled instances (predictions are not training labels)")
     for frames in by_video.values():
         frames.sort(key=lambda f: f.frame_idx)
-    counts = {v: len(f) for v, f in sorted(by_video.items())}
-    mode = "given" if blocks is not None else split
-    if blocks is None:
-        blocks = split_frames(counts, mode=split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-
-    out_dir = Path(out_dir)
-    img_root = out_dir / "images"
     category = {
         "supercategory": "animal", "id": 1, "name": category_name, "keypoints": names,
         "skeleton": [[int(a) + 1, int(b) + 1] for a, b in skeleton.edge_inds],
         "symmetries": [list(pair) for pair in skeleton.symmetry_names],
     }
-    splits: dict[str, dict] = {}
-    image_video: dict[int, str] = {}
-    n_anns = 0
-    for video, frames in sorted(by_video.items()):
-        for lf, split_name in zip(frames, split_labels(len(frames), video, blocks.get(video, {}))):
-            try:
-                img = np.asarray(lf.image)
-            except Exception as err:  # every backend has its own errors; name the frame whatever they are
-                raise FileNotFoundError(f"{slp}: frame {lf.frame_idx} of video {video} "
-                                        f"({lf.video.filename}) cannot be read: {err}") from err
-            if img.ndim == 3 and img.shape[2] == 1:
-                img = img[..., 0]
-            height, width = img.shape[:2]
-            file_name = f"{video}/{lf.frame_idx:06d}.png"
-            dst = img_root / file_name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(dst), img[..., ::-1] if img.ndim == 3 else img)  # sleap-io returns RGB
-            image_id = len(image_video) + 1
-            image_video[image_id] = video
-            coco = splits.setdefault(split_name, {"images": [], "annotations": []})
-            coco["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height,
-                                   "video": video, "frame_idx": int(lf.frame_idx)})
-            coords = np.stack([inst.numpy()[:, :2] for inst in lf.user_instances]).astype(np.float64)
-            anns = instances_to_annotations(coords, image_id, n_anns + 1, (width, height), margin, min_margin)
-            n_anns += len(anns)
-            coco["annotations"] += anns
-    if "train" not in splits:
-        raise ValueError(f"{slp}: the held-out blocks {dict(blocks)} leave no training frames")
+    settings = SplitSettings(split, val_fraction, test_fraction, seed, blocks)
+    coco = CocoBuilder(slp, category, {v: len(f) for v, f in by_video.items()}, settings, margin, min_margin)
+
+    img_root = Path(out_dir) / "images"
+    for video, lf, split_name in coco.frames(by_video):
+        file_name = f"{video}/{lf.frame_idx:06d}.png"
+        size = _write_frame(slp, video, lf, img_root / file_name)
+        coords = np.stack([inst.numpy()[:, :2] for inst in lf.user_instances]).astype(np.float64)
+        coco.add_frame(split_name, video, file_name, size, coords, frame_idx=int(lf.frame_idx))
     info = {"description": f"SLEAP labels of {slp.name}", "source": str(slp)}
-    return write_conversion(out_dir, splits, image_video, category, info, img_root=img_root, mode=mode, seed=seed,
-                            counts=counts, blocks=blocks)
+    return coco.write(Path(out_dir), img_root, info)

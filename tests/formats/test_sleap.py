@@ -64,3 +64,15 @@ def test_sleap_datamodule_meta_and_root(tmp_path):
     assert {s: len(json.loads(p.read_text())["images"]) for s, (p, _) in dm.files().items()} == \
         {"train": 4, "val": 1, "test": 1}
     assert "| 1 | leftear | left ear | rightear |" in (tmp_path / "run" / "keypoints.md").read_text()
+
+
+def test_blocks_naming_an_unknown_video_are_an_error(tmp_path):
+    """As for DeepLabCut: a typo in a video name would otherwise hold nothing out of training."""
+    pytest.importorskip("sleap_io")
+    from helpers.projects import make_slp_project
+
+    from clamp_pl.formats.sleap import slp_to_coco
+
+    slp = make_slp_project(tmp_path / "proj", {"arenaA": 4})
+    with pytest.raises(ValueError, match=r"blocks name videos \['arenaA'\] .*\(videos: \['00_arenaA'\]\)"):
+        slp_to_coco(slp, tmp_path / "out", blocks={"arenaA": {"test": (3, 4)}})
