@@ -27,7 +27,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clamp_pl.cli.build import build_datamodule
 from clamp_pl.cli.config import config_dir
-from clamp_pl.cli.run import instantiate_loggers, print_config_tree, task_wrapper, write_json
+from clamp_pl.cli.run import (
+    exit_on_user_error,
+    instantiate_loggers,
+    print_config_tree,
+    task_wrapper,
+    write_json,
+)
 from clamp_pl.data.datamodule import PoseDataModule
 from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint, run_config_file
 from clamp_pl.spec import LEGACY_DATA_KEYS, SPEC_DATA_KEYS, ModelSpec
@@ -133,6 +139,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = evaluate(cfg)
     value = metrics.get(f"{cfg.split}/AP")

@@ -48,8 +48,9 @@ def main() -> None:
     import hydra
 
     from clamp_pl.cli.config import config_dir
+    from clamp_pl.cli.run import exit_on_user_error
 
-    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")(export)()
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")(exit_on_user_error(export))()
 
 
 if __name__ == "__main__":

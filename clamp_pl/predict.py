@@ -44,7 +44,7 @@ import hydra
 from omegaconf import DictConfig
 
 from clamp_pl.cli.config import config_dir
-from clamp_pl.cli.run import task_wrapper
+from clamp_pl.cli.run import exit_on_user_error, task_wrapper
 from clamp_pl.inference.detector import Detector, build_detector
 from clamp_pl.inference.estimator import load_model
 from clamp_pl.inference.images import (
@@ -156,6 +156,7 @@ def _predict_video(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, open_dict
 from clamp_pl.cli.build import build_training
 from clamp_pl.cli.config import config_dir
 from clamp_pl.cli.run import (
+    exit_on_user_error,
     instantiate_callbacks,
     instantiate_loggers,
     log_hyperparameters,
@@ -107,6 +108,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
     metrics, _ = train(cfg)
     return objective_value(metrics, cfg.get("optimized_metric"), multirun=_is_multirun())

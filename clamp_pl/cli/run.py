@@ -9,6 +9,7 @@ import json
 import logging
 import netrc
 import os
+import sys
 import time
 import uuid
 import warnings
@@ -43,6 +44,33 @@ def _quiet_third_party() -> None:
                             r"pytorch_lightning\.utilities\._pytree")
 
 
+#: errors a user can fix (a missing file, a bad record, an unreadable image or video, a bad setting): printed as
+#: one line by the entry points; ``HYDRA_FULL_ERROR=1`` shows the traceback
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError)
+
+
+def _full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def exit_on_user_error(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Under ``@hydra.main``: a :data:`USER_ERRORS` exception ends the command with its message on one line
+    (``error: <message>``) and exit status 1, instead of a stack trace under Hydra's hint;
+    ``HYDRA_FULL_ERROR=1`` re-raises it for debugging. Other exceptions are bugs and keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapped(cfg: DictConfig) -> Any:
+        try:
+            return fn(cfg)
+        except USER_ERRORS as e:
+            if _full_errors():
+                raise
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+
+    return wrapped
+
+
 def task_wrapper(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Log failures with the run dir, and always close W&B so that the next multirun job opens a new run.
 
@@ -63,6 +91,12 @@ def task_wrapper(fn: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]
                     log.info("extras.ignore_warnings=true: Python warnings are not shown")
                     warnings.simplefilter("ignore")
                 return fn(cfg)
+        except USER_ERRORS as e:
+            if _full_errors():
+                log.exception("run failed; output dir: %s", cfg.paths.get("output_dir"))
+            else:  # the entry point prints the message itself: one line here too, no traceback
+                log.error("run failed (%s); output dir: %s", type(e).__name__, cfg.paths.get("output_dir"))
+            raise
         except Exception:
             log.exception("run failed; output dir: %s", cfg.paths.get("output_dir"))
             raise

@@ -36,18 +36,19 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from clamp_pl.core.viz import draw_instances
 from clamp_pl.formats.coco import write_results
 from clamp_pl.formats.dlc import table_from_instances, write_pose_table
 from clamp_pl.inference.detector import Detector
 from clamp_pl.inference.estimator import PoseEstimator, coco_result
+from clamp_pl.inference.progress import progress
 from clamp_pl.inference.tracking import FollowConfig, Follower
 
 log = logging.getLogger("clamp_pl")
@@ -157,13 +158,15 @@ class _Outputs:
         self.index: list[int] = []
         self.instances: list[list[dict[str, Any]]] = []
 
-    def add(self, index: int, frame: np.ndarray, instances: list[dict[str, Any]], reacquired: bool | None = None
-            ) -> None:
+    def add(self, index: int, frame: np.ndarray, instances: list[dict[str, Any]], reacquired: bool | None = None,
+            labels: list[str | None] | None = None) -> None:
         t = index / self.fps
         extra: dict[str, Any] = {} if reacquired is None else {"reacquired": bool(reacquired)}
         for n, inst in enumerate(instances):
+            # the detector's class is a COCO name, not one of the pose model's categories: kept as a label
+            label = {} if labels is None or labels[n] is None else {"label": labels[n]}
             self.results.append(coco_result(inst, index, self.category_id, file_name=self.video.name, frame=index,
-                                            time_s=round(t, 4), **extra))
+                                            time_s=round(t, 4), **extra, **label))
             self.box_rows.append([index, f"{t:.4f}", n, *(f"{v:.2f}" for v in inst["bbox"]), f"{inst['score']:.4f}",
                                   int(bool(reacquired))])
         self.index.append(index)
@@ -249,60 +252,92 @@ def run_video_prediction(
     if max_frames is not None and total is not None:
         total = min(total, max_frames)
     out = _Outputs(est, video, output_dir, fps, frame_step, category_id, score_threshold, visualize)
-    reacquired: list[int] = []
-    searched = boxes_predicted = 0
-    seconds = 0.0
+    stats = _Stats()
     frames = iter_frames(video, frame_step, max_frames)
+    if track == "follow":
+        steps = _follow(est, frames, follow, detector, flip_test, batch_size, stats)
+    else:
+        dets_of = None if detections is None else _detections_by_frame(video, detections)
+        steps = _batched(est, frames, dets_of, detector, flip_test, batch_size, stats)
     try:
-        with tqdm(total=total, desc=video.name, unit="frame", dynamic_ncols=True) as bar:
-            if track == "follow":
-                def predict_boxes(frame: np.ndarray, boxes: list[list[float]], flip: bool = flip_test
-                                  ) -> list[dict[str, Any]]:
-                    return est.predict([frame], [boxes], flip_test=flip, batch_size=batch_size)[0]
-
-                def rank_boxes(frame: np.ndarray, boxes: list[list[float]]) -> list[dict[str, Any]]:
-                    # the many candidates of a search are only ranked: no flip test (half the passes)
-                    return predict_boxes(frame, boxes, flip=False)
-
-                def candidates(frame: np.ndarray) -> list[list[float]]:
-                    return [d["bbox"] for d in detector([frame])[0]] if detector is not None else []
-
-                w_in, h_in = est.meta["input_size"]
-                follower = Follower(predict_boxes, w_in / h_in, follow, candidates if detector else None,
-                                    search_predict=rank_boxes if flip_test else None)
-                for index, frame in frames:
-                    start = time.perf_counter()
-                    step = follower.step(frame)
-                    seconds += time.perf_counter() - start
-                    if step.reacquired:
-                        reacquired.append(index)
-                    searched += step.searched
-                    boxes_predicted += step.candidates
-                    out.add(index, frame, [step.instance], step.reacquired)
-                    bar.update(1)
-            else:
-                dets_of = None if detections is None else _detections_by_frame(video, detections)
-                for batch in iter_batches(frames, batch_size):
-                    images = [f for _, f in batch]
-                    start = time.perf_counter()
-                    if dets_of is not None:
-                        boxes = [dets_of.get(i, []) for i, _ in batch]
-                    elif detector is not None:
-                        boxes = [[{"bbox": d["bbox"], "score": d["score"]} for d in dets]
-                                 for dets in detector(images)]
-                    else:
-                        boxes = None
-                    preds = est.predict(images, boxes, flip_test=flip_test, batch_size=batch_size)
-                    seconds += time.perf_counter() - start
-                    boxes_predicted += sum(len(p) for p in preds)
-                    for (index, frame), instances in zip(batch, preds):
-                        out.add(index, frame, instances)
-                    bar.update(len(batch))
+        with progress(total, video.name, "frame") as bar:
+            for frame_step_out in steps:
+                out.add(*frame_step_out)
+                bar.update(1)
     finally:
         out.close()
     multi = track == "none" and (detections is not None or detector is not None)
     files = out.write(multi, scorer, smoothing)
     n = len(out.index)
-    return {"frames": n, "instances": len(out.results), "reacquired": reacquired, "searched": searched,
-            "boxes_predicted": boxes_predicted, "seconds": seconds, "ms_per_frame": 1000.0 * seconds / max(n, 1),
-            "fps": fps, **files}
+    return {"frames": n, "instances": len(out.results), "reacquired": stats.reacquired, "searched": stats.searched,
+            "boxes_predicted": stats.boxes_predicted, "seconds": stats.seconds,
+            "ms_per_frame": 1000.0 * stats.seconds / max(n, 1), "fps": fps, **files}
+
+
+@dataclass
+class _Stats:
+    """What the prediction loops count: re-acquired frame indices, frames searched, crops predicted (flip test
+    not counted) and the seconds spent predicting (decoding and writing excluded)."""
+
+    reacquired: list[int] = field(default_factory=list)
+    searched: int = 0
+    boxes_predicted: int = 0
+    seconds: float = 0.0
+
+
+#: what each prediction loop yields per frame: index, frame, instances, re-acquired (None: not following),
+#: the detector's class label of each instance (None: no detector)
+FrameResult = tuple[int, np.ndarray, list[dict[str, Any]], bool | None, list[str | None] | None]
+
+
+def _follow(est: PoseEstimator, frames: Iterator[tuple[int, np.ndarray]], follow: FollowConfig | None,
+            detector: Detector | None, flip_test: bool, batch_size: int, stats: _Stats) -> Iterator[FrameResult]:
+    """One animal followed frame after frame: each box from the previous frame's keypoints (one frame at a time,
+    since each box depends on the frame before), searched for again when lost."""
+
+    def predict_boxes(frame: np.ndarray, boxes: list[list[float]], flip: bool = flip_test) -> list[dict[str, Any]]:
+        return est.predict([frame], [boxes], flip_test=flip, batch_size=batch_size)[0]
+
+    def rank_boxes(frame: np.ndarray, boxes: list[list[float]]) -> list[dict[str, Any]]:
+        # the many candidates of a search are only ranked: no flip test (half the passes)
+        return predict_boxes(frame, boxes, flip=False)
+
+    def candidates(frame: np.ndarray) -> list[list[float]]:
+        return [d["bbox"] for d in detector([frame])[0]] if detector is not None else []
+
+    w_in, h_in = est.meta["input_size"]
+    follower = Follower(predict_boxes, w_in / h_in, follow, candidates if detector else None,
+                        search_predict=rank_boxes if flip_test else None)
+    for index, frame in frames:
+        start = time.perf_counter()
+        step = follower.step(frame)
+        stats.seconds += time.perf_counter() - start
+        if step.reacquired:
+            stats.reacquired.append(index)
+        stats.searched += step.searched
+        stats.boxes_predicted += step.candidates
+        yield index, frame, [step.instance], step.reacquired, None
+
+
+def _batched(est: PoseEstimator, frames: Iterator[tuple[int, np.ndarray]],
+             dets_of: dict[int, list[dict[str, Any]]] | None, detector: Detector | None, flip_test: bool,
+             batch_size: int, stats: _Stats) -> Iterator[FrameResult]:
+    """Frames in batches of ``batch_size``: boxes from the detections file, the detector (its class labels kept)
+    or one whole-frame box each."""
+    for batch in iter_batches(frames, batch_size):
+        images = [f for _, f in batch]
+        start = time.perf_counter()
+        labels: list[list[str | None]] | None = None
+        if dets_of is not None:
+            boxes = [dets_of.get(i, []) for i, _ in batch]
+        elif detector is not None:
+            found = detector(images)
+            boxes = [[{"bbox": d["bbox"], "score": d["score"]} for d in dets] for dets in found]
+            labels = [[d.get("label") for d in dets] for dets in found]
+        else:
+            boxes = None
+        preds = est.predict(images, boxes, flip_test=flip_test, batch_size=batch_size)
+        stats.seconds += time.perf_counter() - start
+        stats.boxes_predicted += sum(len(p) for p in preds)
+        for n, ((index, frame), instances) in enumerate(zip(batch, preds)):
+            yield index, frame, instances, None, None if labels is None else labels[n]

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from clamp_pl.cli.config import config_dir
-from clamp_pl.cli.run import task_wrapper
+from clamp_pl.cli.run import exit_on_user_error, task_wrapper
 from clamp_pl.core.preprocess import denormalize
 from clamp_pl.core.viz import draw_pose, mosaic, save_rgb
 from clamp_pl.data.metainfo import format_meta_table, meta_table
@@ -106,6 +106,7 @@ def browse(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="browse")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     browse(cfg)
 

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, open_dict
 
 from clamp_pl.cli.build import build_datamodule, build_spec
 from clamp_pl.cli.config import config_dir
-from clamp_pl.cli.run import write_json
+from clamp_pl.cli.run import exit_on_user_error, write_json
 from clamp_pl.data.metainfo import get_meta
 from clamp_pl.inference.checkpoint import MODEL_FILE_NAME, save_model_file
 from clamp_pl.models.official import convert_state_dict, describe, load_checkpoint_file, official_net_kwargs
@@ -99,6 +99,7 @@ def import_official(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="import_official")
+@exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> None:
     import_official(cfg)
 

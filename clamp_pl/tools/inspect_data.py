@@ -19,7 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from clamp_pl.cli.config import config_dir
-from clamp_pl.cli.run import task_wrapper
+from clamp_pl.cli.run import exit_on_user_error, task_wrapper
 from clamp_pl.data.metainfo import format_meta_table, meta_table
 from clamp_pl.formats.coco import load_coco_instances
 
@@ -73,6 +73,7 @@ def inspect_data(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="inspect_data")
+@exit_on_user_error
 def main(cfg: DictConfig) -> None:
     inspect_data(cfg)
 

@@ -147,6 +147,7 @@ def test_detector_boxes_every_frame(tiny_run, video, tmp_path):
     assert det.calls == 2  # one call per batch of frames
     preds = json.loads((tmp_path / "predictions.json").read_text())
     assert len(preds) == N_FRAMES and all(p["bbox"] == [20.0, 10.0, 60.0, 50.0] for p in preds)
+    assert all(p["label"] == "dog" for p in preds)  # the detector's class travels with its box
     assert pd.read_csv(summary["csv"], header=[0, 1, 2, 3], index_col=0).shape == (N_FRAMES, 51)
 
 
