@@ -226,6 +226,7 @@ def official_net_kwargs(state_dict: Mapping[str, Any], clip_model: str) -> dict[
             f"the checkpoint holds a {info['clip_model']} CLAMP but model.net.clip_model is {clip_model!r}"
         )
     kwargs: dict[str, Any] = dict(
+        head="concat",  # CLAMP's own head: the official checkpoints have no other
         image_size=info["image_size"],
         n_ctx=info["n_ctx"],
         text_context_length=info["text_context_length"],

@@ -14,9 +14,11 @@ val-split1, where the official configs test.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +59,24 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
+@contextlib.contextmanager
+def _naming(source: Path) -> Iterator[None]:
+    """Errors about the checkpoint's content name the file they come from (the converter sees only tensors)."""
+    try:
+        yield
+    except (KeyError, ValueError) as e:
+        message = e.args[0] if e.args else str(e)
+        raise ValueError(f"{source}: {message}") from e
+
+
 def import_official(cfg: DictConfig) -> Path:
     """Write the run directory ``cfg.out`` from the official checkpoint ``cfg.checkpoint``; returns the model file."""
     source, out = Path(cfg.checkpoint), Path(cfg.out)
     raw = load_checkpoint_file(source, trust_checkpoint=bool(cfg.trust_checkpoint))
     clip_model = str(cfg.model.net.clip_model)
-    official = official_net_kwargs(raw, clip_model)
-    info = describe(raw)
+    with _naming(source):
+        official = official_net_kwargs(raw, clip_model)
+        info = describe(raw)
     with open_dict(cfg):
         for key, value in official.items():
             ours = cfg.model.net.get(key)
@@ -80,7 +93,8 @@ def import_official(cfg: DictConfig) -> Path:
                          f"has {meta.num_keypoints}: choose the dataset it was trained on")
     spec = build_spec(cfg, meta, dm.name)
     net = spec.build_network(load_pretrained=False)
-    state = convert_state_dict(raw, expected=net.state_dict())
+    with _naming(source):
+        state = convert_state_dict(raw, expected=net.state_dict())
     net.load_state_dict(state, strict=True)
     out.mkdir(parents=True, exist_ok=True)
     model_file = save_model_file(out / MODEL_FILE_NAME, spec, net.state_dict())

@@ -133,3 +133,19 @@ def test_imported_run_dir_exports_to_onnx(imported, tmp_path):
     result = export(compose_cfg("export", [f"ckpt_path={imported}", f"output={out}", "opset=17"], tmp_path / "run",
                                 tmp_path))
     assert out.is_file() and result["max_abs_diff"] is not None and result["max_abs_diff"] <= 1e-4
+
+
+def test_a_file_that_is_not_a_clamp_checkpoint_is_named(ap10k_root, tmp_path):
+    """A state dict of something else (here a torchvision-like classifier) is refused with the file's name and
+    the key it lacks."""
+    from conftest import compose_cfg
+    from hydra.core.global_hydra import GlobalHydra
+
+    from clamp_pl.tools.import_official import import_official
+
+    other = tmp_path / "resnet_classifier.pth"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 4), "fc.bias": torch.zeros(2)}}, other)
+    cfg = compose_cfg("import_official", _overrides(other, tmp_path, ap10k_root), tmp_path, ap10k_root)
+    GlobalHydra.instance().clear()
+    with pytest.raises(ValueError, match=r"resnet_classifier\.pth: not an official CLAMP checkpoint"):
+        import_official(cfg)
