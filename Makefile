@@ -7,10 +7,10 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 # OpenMP threads spin only briefly (1000 turns) before sleeping: libgomp's default long spin made small torch ops
 # 10-20x slower on a shared 2-core machine, while sleeping at once (OMP_WAIT_POLICY=PASSIVE) made the tiny model's
-# step 2x slower on an idle one (the demo's mouse job: 88 s passive, 65 s with this; scripts/benchmark.py)
+# step 2x slower on an idle one (the demo's mouse job: 88 s passive, 65 s with this; python -m benchmarks.cpu)
 export GOMP_SPINCOUNT ?= 1000
 # glibc malloc keeps freed memory instead of returning it to the kernel after every step: CPU training steps stop
-# page-faulting their activations back in (CLAMP RN50 step 4.2-5.6 s -> 3.8 s; scripts/benchmark.py)
+# page-faulting their activations back in (CLAMP RN50 step 4.2-5.6 s -> 3.8 s; python -m benchmarks.cpu)
 export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 1073741824
@@ -50,10 +50,13 @@ sweep: $(STAMP) ## toy few-shot on the unseen family (shots x seeds, from the st
 	$(PY) -m clamp_pl.tools.aggregate --latest logs/train/multiruns
 
 bench: $(STAMP) ## CPU benchmarks -> docs/benchmarks.md and docs/benchmarks.json
-	$(PY) scripts/benchmark.py $(ARGS)
+	$(PY) -m benchmarks.cpu $(ARGS)
 
 bench-gpu: $(STAMP) ## GPU benchmark (one CUDA device, < 8 min) -> docs/benchmarks_gpu.md
-	$(PY) scripts/benchmark_gpu.py $(ARGS)
+	$(PY) -m benchmarks.gpu $(ARGS)
+
+check-gpu: $(STAMP) ## the gpu tests + GPU benchmark (one CUDA device, < 8 min) -> docs/gpu_check.md; ARGS=--dry-run on CPU
+	$(PY) -m benchmarks.check_gpu $(ARGS)
 
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check clamp_pl tests scripts
@@ -69,4 +72,4 @@ clean: ## remove caches and build leftovers (keeps .venv and logs)
 clean-logs: ## remove training logs and outputs
 	rm -rf logs/ outputs/ multirun/ wandb/
 
-.PHONY: help install test test-e2e test-full demo pretrain-toy train sweep bench bench-gpu lint format clean clean-logs
+.PHONY: help install test test-e2e test-full demo pretrain-toy train sweep bench bench-gpu check-gpu lint format clean clean-logs

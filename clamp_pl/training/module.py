@@ -27,7 +27,7 @@ from clamp_pl.inference.checkpoint import SPEC_KEY, load_checkpoint, resolve_che
 from clamp_pl.inference.postprocess import decode_heatmaps, flip_test_heatmaps
 from clamp_pl.models import CLAMPLoss
 from clamp_pl.spec import ModelSpec
-from clamp_pl.training.optim import adamw, param_groups
+from clamp_pl.training.optim import adamw, param_groups, skip_if_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +158,7 @@ class PoseLitModule(pl.LightningModule):
         bad = self.trainer.strategy.reduce(self._loss_nonfinite.float(), reduce_op="sum").reshape(()) > 0
         # under a GradScaler, overflowing (scaled) gradients are routine: the scaler skips those steps itself
         if getattr(self.trainer.precision_plugin, "scaler", None) is None:
-            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
-            if getattr(optimizer, "_step_supports_amp_scaling", False):  # fused
-                optimizer.found_inf = bad.float()
-            elif bad.item():
-                for g in optimizer.param_groups:
-                    for p in g["params"]:
-                        p.grad = None
+            bad = skip_if_nonfinite(optimizer, bad)
         with torch.no_grad():
             for buf, kept in zip(self._running_stats(), self._saved_stats or []):
                 buf.copy_(torch.where(bad, kept, buf))
@@ -272,7 +264,11 @@ class PoseLitModule(pl.LightningModule):
         self._eval_epoch_end("test")
 
     # ---------------------------------------------------------------- optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[dict[str, Any]]]:
+        """AdamW (:mod:`clamp_pl.training.optim`) and mmcv's schedule as two chained torch schedulers: a linear
+        warm-up from ``warmup_ratio`` to 1 over ``warmup_iters`` optimiser steps (stepped every step), times
+        ``gamma`` at each epoch of ``milestones`` (stepped every epoch). Both multiply the lr in place, so
+        the lr of step s in epoch e is ``lr x warm-up factor(s) x gamma ** (milestones <= e)``."""
         opt_cfg = self._training_arg("optimizer", ("lr", "weight_decay", "backbone_lr_mult", "fused"))
         groups = param_groups(self.net, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"],
                               backbone_lr_mult=opt_cfg["backbone_lr_mult"], no_decay_keys=opt_cfg.get("no_decay_keys"))
@@ -281,18 +277,14 @@ class PoseLitModule(pl.LightningModule):
             fused = False
         optimizer = adamw(groups, fused=fused)
         sch = self._training_arg("scheduler", ("warmup_iters", "warmup_ratio", "milestones", "gamma"))
-        steps_per_epoch = max(1, self._steps_per_epoch())
-
-        def factor(step: int) -> float:
-            epoch = step // steps_per_epoch
-            f = sch["gamma"] ** sum(epoch >= m for m in sch["milestones"])
-            if step < sch["warmup_iters"]:
-                r = sch["warmup_ratio"]
-                f *= r + (1 - r) * step / sch["warmup_iters"]
-            return f
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        # no warm-up: a constant factor 1 (LinearLR wants a start factor in (0, 1])
+        warm = sch["warmup_iters"] > 0
+        warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=sch["warmup_ratio"] if warm else 1.0,
+                                                   end_factor=1.0, total_iters=max(sch["warmup_iters"], 1))
+        steps = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(sch["milestones"]),
+                                                     gamma=sch["gamma"])
+        # unnamed: LearningRateMonitor logs the optimiser's lr as "lr-AdamW/<group>" (read at the step interval)
+        return [optimizer], [{"scheduler": warmup, "interval": "step"}, {"scheduler": steps, "interval": "epoch"}]
 
     def _training_arg(self, name: str, keys: tuple[str, ...]) -> dict[str, Any]:
         """``optimizer`` / ``scheduler`` with every key set (their values live in ``conf/model``, not here)."""
@@ -310,13 +302,6 @@ class PoseLitModule(pl.LightningModule):
         if trainer is None or not getattr(trainer, "gradient_clip_val", None):
             return False
         return getattr(trainer.precision_plugin, "scaler", None) is not None
-
-    def _steps_per_epoch(self) -> int:
-        trainer = self.trainer
-        total = trainer.estimated_stepping_batches
-        if trainer.max_epochs and trainer.max_epochs > 0 and math.isfinite(total):
-            return int(total // trainer.max_epochs)
-        return 1
 
     # ---------------------------------------------------------------- weights-only init
     def load_weights_from(self, path: str | Path) -> Path:

@@ -1,5 +1,5 @@
-"""CLAMP's optimiser: AdamW over four parameter groups. The one definition, used by ``PoseLitModule`` and by the
-benchmark scripts (plain torch: no Lightning, no Hydra).
+"""CLAMP's optimiser: AdamW over four parameter groups, and the non-finite step skip. The one definition, used by
+``PoseLitModule`` and by the benchmarks (plain torch: no Lightning, no Hydra).
 
 Groups (``CLAMP.param_groups`` partitions the parameters, :func:`clamp_pl.models.clamp.no_weight_decay` splits
 each part): ``backbone`` and ``backbone_no_wd`` (the image tower, at ``lr x backbone_lr_mult``), ``head`` and
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from clamp_pl.models.clamp import no_weight_decay
 
-__all__ = ["adamw", "fused_supported", "param_groups"]
+__all__ = ["adamw", "fused_supported", "param_groups", "skip_if_nonfinite"]
 
 
 def param_groups(
@@ -65,7 +65,7 @@ def fused_supported(params: Iterable[Tensor]) -> bool:
     """Whether PyTorch's fused AdamW kernel takes these parameters: floating point, on CPU or CUDA.
 
     The kernel updates all tensors of a group at once instead of ~10 ops per tensor: on CPU the AdamW step of
-    CLAMP ViT-B/16 or RN50 takes 0.3x the time of the per-tensor loop (``scripts/benchmark.py``, train case).
+    CLAMP ViT-B/16 or RN50 takes 0.3x the time of the per-tensor loop (``python -m benchmarks.cpu``, train case).
     """
     params = list(params)
     return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
@@ -82,3 +82,31 @@ def adamw(groups: list[dict[str, Any]], *, fused: bool | Literal["auto"]) -> tor
         fused = fused_supported(p for g in groups for p in g["params"])
     # lr / weight_decay defaults of torch are never used: every group carries its own
     return torch.optim.AdamW(groups, lr=groups[0]["lr"], weight_decay=groups[0]["weight_decay"], fused=bool(fused))
+
+
+def skip_if_nonfinite(optimizer: torch.optim.Optimizer, loss_flag: Tensor) -> Tensor:
+    """Make the coming ``optimizer.step()`` a no-op when the loss or any gradient is non-finite.
+
+    Args:
+        optimizer: after ``backward``, before ``step``.
+        loss_flag: bool ``[]`` on the parameters' device, True when the loss was non-finite (under DDP: on any
+            rank, already reduced).
+
+    Returns:
+        bool ``[]`` on the same device: the step is skipped (loss flag or a non-finite total gradient norm).
+
+    A fused optimiser takes the decision as a tensor (``found_inf``, the attribute AMP's GradScaler sets; the
+    kernel skips every update when it is non-zero): no host-device sync. Any other optimiser needs it on the host
+    (one sync) and skips by dropping the gradients (``step`` leaves parameters whose gradient is None alone).
+    """
+    bad = loss_flag
+    grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if grads:
+        bad = bad | ~torch.isfinite(torch.nn.utils.get_total_norm(grads))
+    if getattr(optimizer, "_step_supports_amp_scaling", False):  # fused
+        optimizer.found_inf = bad.float()
+    elif bad.item():
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                p.grad = None
+    return bad

@@ -1,5 +1,5 @@
-"""The benchmark scripts keep running: ``benchmark_gpu.py --cpu-smoke`` and a reduced ``benchmark.py`` (eval and
-text cases, tiny text tower, a small evaluation set), as subprocesses like ``make bench``."""
+"""The benchmarks keep running: ``python -m benchmarks.gpu --cpu-smoke`` and a reduced ``python -m benchmarks.cpu``
+(eval, text and train cases, tiny text tower, a small evaluation set), as subprocesses like ``make bench``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.report import RESULTS_MARKER
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(script: str, *args: str) -> None:
-    # a short OpenMP spin, as benchmark.py sets for itself: long spinning is many times slower on a busy host
+def _run(module: str, *args: str) -> None:
+    # a short OpenMP spin, as benchmarks.cpu sets for itself: long spinning is many times slower on a busy host
     env = {**os.environ, "GOMP_SPINCOUNT": "1000"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / script), *args],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -27,7 +29,7 @@ def _run(script: str, *args: str) -> None:
 
 
 def test_gpu_benchmark_cpu_smoke(tmp_path):
-    _run("benchmark_gpu.py", "--cpu-smoke", "--out", str(tmp_path))
+    _run("benchmarks.gpu", "--cpu-smoke", "--out", str(tmp_path))
     data = json.loads((tmp_path / "benchmarks_gpu.json").read_text())
     rows = {r["config"]: r for r in data["rows"]}
     for config in (
@@ -39,6 +41,8 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
     ):
         for variant in ("clamp", "baseline"):
             assert rows[config][variant]["images_per_s"] > 0, (config, variant, rows[config][variant])
+    loader_step = rows["real loader (0 workers), eager"]["clamp"]
+    assert 0.0 <= loader_step["data_wait_share"] <= 1.0
     for decode in ("full decode", "reduced decode"):  # data.reduced_decode false (default) and true
         assert rows[f"loader alone, 0 workers, {decode}"]["loader_images_per_s"] > 0
     flops = data["settings"]["tflop_per_step"]
@@ -47,8 +51,11 @@ def test_gpu_benchmark_cpu_smoke(tmp_path):
 
 
 def test_cpu_benchmark_eval_text_train(tmp_path):
+    # the hand-written part of the page (title, method) survives a run; the results below the marker are replaced
+    preamble = f"# Benchmarks\n\n## Method\n\nHow it is measured.\n\n{RESULTS_MARKER}"
+    (tmp_path / "benchmarks.md").write_text(f"{preamble}\n\n## Results\n\nan earlier run\n")
     _run(
-        "benchmark.py",
+        "benchmarks.cpu",
         "--quick",
         "--only",
         "eval,text,train",
@@ -78,4 +85,5 @@ def test_cpu_benchmark_eval_text_train(tmp_path):
     assert 1.0 < step["flop_ratio"] < 2.0 and step["detail"]["gflop_clamp"] > step["detail"]["gflop_baseline"]
     assert "fused" in opt["figure"] and opt["flop_ratio"] is None
     md = (tmp_path / "benchmarks.md").read_text()
+    assert md.startswith(preamble) and "an earlier run" not in md and md.count("## Results") == 1
     assert md.count("\n| eval |") == 2 and md.count("\n| train |") == 2 and "**Machine:**" in md

@@ -23,16 +23,9 @@ def module() -> PoseLitModule:
     return make_module().eval()
 
 
-def attach_fake_trainer(model: PoseLitModule, steps_per_epoch: int, max_epochs: int) -> None:
-    """What ``configure_optimizers`` reads from the trainer: the stepping batches and the epoch count."""
-    model.trainer = SimpleNamespace(estimated_stepping_batches=steps_per_epoch * max_epochs, max_epochs=max_epochs)
-
-
 # ---------------------------------------------------------------- optimiser
 def test_param_groups(module):
-    attach_fake_trainer(module, 10, 5)
-    opt = module.configure_optimizers()["optimizer"]
-    module.trainer = None
+    (opt,), _ = module.configure_optimizers()
     group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     counts = Counter(id(p) for g in opt.param_groups for p in g["params"])
     assert set(counts.values()) == {1}  # no parameter twice
@@ -68,15 +61,13 @@ def test_param_groups(module):
 )
 def test_fused_adamw_when_possible(fused_cfg, clip, scaler, expected):
     model = make_module(optimizer={**OPT, "fused": fused_cfg})
-    model.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1, gradient_clip_val=clip,
-                                    precision_plugin=SimpleNamespace(scaler=scaler))
-    opt = model.configure_optimizers()["optimizer"]
+    model.trainer = SimpleNamespace(gradient_clip_val=clip, precision_plugin=SimpleNamespace(scaler=scaler))
+    (opt,), _ = model.configure_optimizers()
     assert bool(opt.defaults["fused"]) is expected
 
 
 def test_fused_option_typo_is_a_clear_error():
     model = make_module(optimizer={**OPT, "fused": "yes"})
-    attach_fake_trainer(model, 10, 1)
     with pytest.raises(ValueError, match="model.optimizer.fused must be auto, true or false, not 'yes'"):
         model.configure_optimizers()
 
@@ -86,9 +77,8 @@ def test_fused_adamw_step_matches_the_loop_implementation():
     nets = {}
     for fused in (True, False):
         model = make_module(optimizer={**OPT, "fused": fused}).train()
-        attach_fake_trainer(model, 10, 5)
-        cfg = model.configure_optimizers()
-        opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+        (opt,), (sched, _) = model.configure_optimizers()
+        sched = sched["scheduler"]
         g = torch.Generator().manual_seed(0)
         for _ in range(3):
             x = torch.randn(2, 3, 128, 128, generator=g)
@@ -103,34 +93,56 @@ def test_fused_adamw_step_matches_the_loop_implementation():
     assert not torch.equal(nets[True]["keypoint_head.final_layer.weight"], init["keypoint_head.final_layer.weight"])
 
 
-def test_lr_schedule_warmup_then_steps():
-    """Linear warm-up from ``warmup_ratio`` over ``warmup_iters`` steps, times ``gamma`` at each epoch milestone
-    (mmpose's LinearLR by iteration x MultiStepLR by epoch)."""
-    sch = {"warmup_iters": 25, "warmup_ratio": 0.1, "milestones": [2, 4], "gamma": 0.1}
+def mmcv_lr(base_lr: float, step: int, steps_per_epoch: int, sch: dict) -> float:
+    """mmcv's schedule in closed form: ``base_lr`` x linear warm-up factor (``warmup_ratio`` -> 1 over
+    ``warmup_iters`` steps) x ``gamma`` per epoch milestone passed."""
+    epoch = step // steps_per_epoch
+    f = sch["gamma"] ** sum(epoch >= m for m in sch["milestones"])
+    if step < sch["warmup_iters"]:
+        r = sch["warmup_ratio"]
+        f *= r + (1 - r) * step / sch["warmup_iters"]
+    return base_lr * f
+
+
+@pytest.mark.parametrize("sch", [{"warmup_iters": 250, "warmup_ratio": 1e-3, "milestones": [2, 4], "gamma": 0.1},
+                                 {"warmup_iters": 0, "warmup_ratio": 1e-3, "milestones": [1], "gamma": 0.5}])
+def test_lr_schedule_is_mmcv_at_every_step(sch):
+    """600 steps over 6 epochs of 100, the schedulers stepped as Lightning steps them (the warm-up after every
+    optimiser step, the milestones after every epoch): the lr of every group at every step is mmcv's."""
     model = make_module(scheduler=sch)
-    attach_fake_trainer(model, steps_per_epoch=10, max_epochs=5)
-    cfg = model.configure_optimizers()
-    model.trainer = None
-    scheduler = cfg["lr_scheduler"]["scheduler"]
-    assert cfg["lr_scheduler"]["interval"] == "step"
-    factor = scheduler.lr_lambdas[0]
-
-    def warm(step: int) -> float:
-        return 0.1 + 0.9 * step / 25
-
-    expected = {0: 0.1, 5: warm(5), 19: warm(19), 20: 0.1 * warm(20), 24: 0.1 * warm(24), 25: 0.1, 39: 0.1,
-                40: 0.01, 49: 0.01, 60: 0.01}
-    for step, f in expected.items():
-        assert factor(step) == pytest.approx(f), step
-
-    # the optimiser follows: backbone at lr x mult x factor after n scheduler steps
-    opt = cfg["optimizer"]
-    for _ in range(20):
+    (opt,), (warmup, steps) = model.configure_optimizers()
+    assert (warmup["interval"], steps["interval"]) == ("step", "epoch")
+    base = {g["name"]: g["initial_lr"] for g in opt.param_groups}
+    assert base["backbone"] == pytest.approx(OPT["lr"] * OPT["backbone_lr_mult"])
+    spe = 100
+    for step in range(600):
+        for g in opt.param_groups:
+            assert g["lr"] == pytest.approx(mmcv_lr(base[g["name"]], step, spe, sch), rel=1e-9), (step, g["name"])
         opt.step()
-        scheduler.step()
-    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
-    assert lrs["backbone"] == pytest.approx(1e-3 * 0.1 * 0.1 * warm(20))
-    assert lrs["head"] == pytest.approx(1e-3 * 0.1 * warm(20))
+        warmup["scheduler"].step()
+        if (step + 1) % spe == 0:
+            steps["scheduler"].step()
+
+
+class _RecordLR(pl.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def test_lightning_steps_the_two_schedulers_as_mmcv():
+    """A real fit: 4 epochs of 3 steps, warm-up over 5 steps, milestones at epochs 1 and 3."""
+    sch = {"warmup_iters": 5, "warmup_ratio": 0.1, "milestones": [1, 3], "gamma": 0.1}
+    model = make_module(scheduler=sch)
+    rec = _RecordLR()
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=4, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[rec])
+    trainer.fit(model, train_dataloaders=DataLoader(RandomPoseData(), batch_size=2))
+    base = trainer.optimizers[0].param_groups[0]["initial_lr"]
+    assert rec.lrs == pytest.approx([mmcv_lr(base, s, 3, sch) for s in range(12)], rel=1e-9)
 
 
 # ---------------------------------------------------------------- flip test
@@ -228,12 +240,12 @@ def test_nonfinite_step_is_skipped_exactly(fused):
 def test_fused_skip_needs_no_host_sync(monkeypatch):
     """With a fused optimiser the skip decision stays on the device: no ``item()``/``bool()`` of a tensor."""
     model = make_module().train()
-    attach_fake_trainer(model, 10, 1)
+    model.trainer = SimpleNamespace()
     model.trainer.strategy = SimpleNamespace(reduce=lambda t, reduce_op: t)
     model.trainer.precision_plugin = SimpleNamespace()
     model.trainer.barebones = True  # self.log() returns at once
     model.trainer.current_epoch = model.trainer.global_step = 0
-    opt = model.configure_optimizers()["optimizer"]
+    (opt,), _ = model.configure_optimizers()
     batch = next(iter(DataLoader(RandomPoseData(), batch_size=2)))
     batch["image"][0, 0, 0, 0] = float("nan")
     with pytest.warns(UserWarning, match="barebones"):
@@ -276,6 +288,5 @@ def test_overfits_two_real_ap10k_images(tmp_path):
 
 def test_a_module_built_for_evaluation_cannot_be_trained_with_made_up_settings():
     model = make_module(optimizer=None)
-    attach_fake_trainer(model, 10, 5)
     with pytest.raises(ValueError, match=r"model.optimizer must set .*missing \['lr', 'weight_decay'"):
         model.configure_optimizers()

@@ -3,8 +3,6 @@ module and the benchmark scripts use them."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -13,7 +11,7 @@ from clamp_pl.models import CLAMP
 from clamp_pl.models.clamp import no_weight_decay
 from clamp_pl.spec import make_spec
 from clamp_pl.training.module import PoseLitModule
-from clamp_pl.training.optim import adamw, fused_supported, param_groups
+from clamp_pl.training.optim import adamw, fused_supported, param_groups, skip_if_nonfinite
 
 NET = dict(clip_model="clamp-tiny-rn", pretrained=None, image_size=128, num_deconv=3, deconv_channels=32,
            upconv_num_deconv=3, upconv_channels=16)
@@ -70,9 +68,7 @@ def test_module_optimizer_uses_the_groups():
     spec = make_spec(NET, meta, normalization="imagenet", padding=1.25, sigma=2.0, decode="default",
                      shift_heatmap=True, flip_test=True)
     module = PoseLitModule(spec=spec, optimizer=OPT, scheduler=SCHED)
-    module.trainer = SimpleNamespace(estimated_stepping_batches=10, max_epochs=1)
-    opt = module.configure_optimizers()["optimizer"]
-    module.trainer = None
+    (opt,), _ = module.configure_optimizers()
     expected = _reference_groups(module.net, OPT["lr"], OPT["weight_decay"], OPT["backbone_lr_mult"])
     got = [(g["name"], g["initial_lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups]
     assert got == _summary(expected)
@@ -90,18 +86,33 @@ def test_adamw_fused_choice_and_errors(net):
         adamw([], fused="auto")
 
 
-def test_benchmark_scripts_build_the_module_groups(net, monkeypatch):
-    """The benchmark scripts take their optimiser from clamp_pl.training.optim, with the configured lr, decay and backbone
-    multiplier (benchmark_gpu.py imports benchmark.py's)."""
-    from conftest import REPO
-
-    monkeypatch.syspath_prepend(str(REPO / "scripts"))
-    import benchmark
+def test_benchmarks_build_the_module_groups(net):
+    """The benchmarks take their optimiser from clamp_pl.training.optim, with the configured lr, decay and backbone
+    multiplier (the GPU benchmark uses the same builder)."""
+    import benchmarks.gpu
+    from benchmarks.fixtures import make_optimizer
 
     cfg = {"optimizer": {"lr": 5e-4, "weight_decay": 1e-4, "backbone_lr_mult": 0.1}}
-    opt = benchmark.make_optimizer(net, cfg, fused=False)
+    opt = make_optimizer(net, cfg, fused=False)
     assert _summary(opt.param_groups) == _summary(_reference_groups(net, 5e-4, 1e-4, 0.1))
     assert opt.defaults["fused"] is False
-    import benchmark_gpu
+    assert benchmarks.gpu.make_optimizer is make_optimizer
 
-    assert benchmark_gpu.make_optimizer is benchmark.make_optimizer
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize(("loss_bad", "grad_value", "skipped"),
+                         [(False, 1.0, False), (True, 1.0, True), (False, float("inf"), True)])
+def test_skip_if_nonfinite(fused, loss_bad, grad_value, skipped):
+    """The step is a no-op after a non-finite loss or gradient: fused AdamW through its ``found_inf`` tensor,
+    the per-tensor loop by dropped gradients; a finite step updates the weights."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = adamw([{"params": [w], "lr": 0.1, "weight_decay": 0.0}], fused=fused)
+    w.grad = torch.full((3,), grad_value)
+    bad = skip_if_nonfinite(opt, torch.tensor(loss_bad))
+    assert bad.dtype == torch.bool and bad.shape == () and bool(bad) is skipped
+    if fused:
+        assert opt.found_inf.item() == float(skipped)
+    else:
+        assert (w.grad is None) is skipped
+    opt.step()
+    assert torch.equal(w.detach(), torch.ones(3)) is skipped

@@ -1,9 +1,10 @@
-"""GPU training throughput of CLAMP vs the image-only baseline -> docs/benchmarks_gpu.{json,md}.
+"""GPU training throughput of CLAMP vs the image-only baseline -> docs/benchmarks_gpu.{json,md}
+(``make bench-gpu`` = ``python -m benchmarks.gpu``).
 
 One prepared run (< 8 minutes on one H200; ``--budget-s`` skips what would not fit) of CLAMP ViT-B/16 at 256x256
 (``conf/model/clamp_vitb16.yaml``, random init) and its image-only baseline, bf16-mixed (``torch.autocast``),
-and the step of ``PoseLitModule`` (fused AdamW, the non-finite skip decided on the device) unless a row says
-otherwise:
+and the step of ``PoseLitModule`` (fused AdamW, :func:`clamp_pl.training.optim.skip_if_nonfinite`: the
+non-finite skip decided on the device) unless a row says otherwise:
 
 * synthetic tensors: eager; eager + channels_last; ``torch.compile`` (contiguous);
 * the real loader: ``TopDownDataset`` (train transform, the configured ``data.augment``) on synthetic AP-10K-sized
@@ -14,8 +15,9 @@ otherwise:
   (a host-device sync per step, ``PoseLitModule`` before it went sync-free) vs no check;
 * fused vs foreach AdamW (without a check).
 
-Throughput is images/s over ``--steps`` timed steps after ``--warmup`` (CUDA synchronised around the timed
-block). MFU = FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions,
+Throughput is images/s over ``--steps`` timed steps after ``--warmup`` (``torch.utils.benchmark.Timer``: CUDA
+synchronised around the timed block, after two more untimed steps). Data-wait share (real loader rows): the time
+the host waits for the next batch over the wall time of the steps. MFU = FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode``: matmuls, convolutions,
 attention, forward + backward) / step time / ``--peak-tflops`` (989: H200 dense bf16). Peak memory:
 ``torch.cuda.max_memory_allocated`` over the timed steps.
 
@@ -40,22 +42,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import (  # noqa: E402  (the sibling script, importable once its folder is on the path)
-    REPO,
+from benchmarks.fixtures import (
     ap10k_like_set,
     build_clamp,
-    log,
-    machine_info,
     make_optimizer,
     model_config,
-    peak_memory_mib,
     synthetic_batch,
     train_augment,
 )
-
-from clamp_pl.cli.run import flops_of  # noqa: E402
-from clamp_pl.models import CLAMPLoss  # noqa: E402
+from benchmarks.harness import log, peak_memory_mib, time_cuda_steps, timer_warmup_calls
+from benchmarks.report import REPO, machine_info
+from clamp_pl.cli.run import flops_of
+from clamp_pl.models import CLAMPLoss
+from clamp_pl.training.optim import skip_if_nonfinite
 
 Step = Callable[[dict[str, torch.Tensor]], None]
 
@@ -89,8 +88,8 @@ class Runner:
         self, variant: str, *, compiled: bool = False, fused: bool = True, check: str = "device"
     ) -> Step:
         """A training step taking a batch on the device. ``check``: "none", "sync" (``if not isfinite``: skip
-        the update) or "device" (as ``PoseLitModule.on_before_optimizer_step``: non-finite loss or gradient norm
-        -> fused AdamW's ``found_inf`` flag, skipped on the device, no sync)."""
+        the update) or "device" (``PoseLitModule``'s :func:`~clamp_pl.training.optim.skip_if_nonfinite`:
+        non-finite loss or gradient norm -> fused AdamW's ``found_inf`` flag, skipped on the device, no sync)."""
         net = self.nets[variant].train()
         model = torch.compile(net) if compiled else net
         opt = make_optimizer(net, self.cfg, fused=fused or check == "device")
@@ -103,9 +102,7 @@ class Runner:
             if check == "sync" and not torch.isfinite(loss):
                 return
             if check == "device":
-                grads = [p.grad for p in net.parameters() if p.grad is not None]
-                norm = torch.nn.utils.get_total_norm(grads)
-                opt.found_inf = (~(torch.isfinite(loss) & torch.isfinite(norm))).float()
+                skip_if_nonfinite(opt, ~torch.isfinite(loss.detach()))
             opt.step()
 
         return step
@@ -114,31 +111,25 @@ class Runner:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def time_steps(self, step: Step, batches: Callable[[], dict[str, torch.Tensor]]) -> dict[str, float]:
-        """Images/s over the timed steps, seconds of the warm-up (compilation included) and peak memory."""
+    def time_steps(self, step: Step, batches: Callable[[], dict[str, torch.Tensor]],
+                   batch: int | None = None) -> dict[str, float]:
+        """Images/s over the timed steps (``batch`` images each, default ``--batch``), seconds of the warm-up
+        (compilation included) and peak memory."""
         a = self.args
-
-        def run(n: int) -> float:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                step(batches())
-            self.sync()
-            return time.perf_counter() - t0
-
-        warmup_s = run(a.warmup)
+        batch = batch or a.batch
+        t0 = time.perf_counter()
+        for _ in range(a.warmup):
+            step(batches())
+        self.sync()
+        warmup_s = time.perf_counter() - t0
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        elapsed = run(a.steps)
+        step_s = time_cuda_steps(lambda: step(batches()), a.steps)
         if self.device.type == "cuda":
             mem = torch.cuda.max_memory_allocated() / 2**30
         else:
             mem = (peak_memory_mib(lambda: step(batches())) or 0.0) / 1024
-        return {
-            "images_per_s": a.steps * a.batch / elapsed,
-            "step_s": elapsed / a.steps,
-            "warmup_s": warmup_s,
-            "peak_mem_gib": mem,
-        }
+        return {"images_per_s": batch / step_s, "step_s": step_s, "warmup_s": warmup_s, "peak_mem_gib": mem}
 
     def count_flops(self, variant: str) -> float:
         """FLOPs of one eager training step (forward + backward) of ``variant``."""
@@ -201,7 +192,7 @@ class Runner:
         meta = get_meta("ap10k")
         instances, _, _ = load_coco_instances(ann, img_dir, meta, train=True)
         size = self.cfg["net"]["image_size"]
-        need = a.batch * (a.warmup + a.steps + 1)
+        need = a.batch * (a.warmup + timer_warmup_calls(a.steps) + a.steps + 1)
         instances = (instances * (need // len(instances) + 1))[:need]
         net = self.nets["clamp"]
         gh, gw = net.feature_grid
@@ -243,12 +234,20 @@ class Runner:
                 row[variant] = {"skipped": "time budget"}
                 continue
             it = iter(loader())
+            waited = [0.0]
 
-            def next_batch(it=it) -> dict[str, torch.Tensor]:
-                return {k: v.to(self.device, non_blocking=True) for k, v in next(it).items()}
+            def next_batch(it=it, waited=waited) -> dict[str, torch.Tensor]:
+                t0 = time.perf_counter()
+                host = next(it)
+                waited[0] += time.perf_counter() - t0
+                return {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
 
-            res = self.time_steps(self.make_step(variant), next_batch)
+            step = self.make_step(variant)
+            res = self.time_steps(step, next_batch)
             res["mfu"] = self.count_flops(variant) / res["step_s"] / (a.peak_tflops * 1e12)
+            # the share over the warm-up and timed steps (the Timer's block and its two untimed calls)
+            n_steps = a.warmup + timer_warmup_calls(a.steps) + a.steps
+            res["data_wait_share"] = waited[0] / (res["warmup_s"] + (n_steps - a.warmup) * res["step_s"])
             row[variant] = res
         log(f"{row['config']}: {summary(row)}")
         rows.append(row)
@@ -275,15 +274,15 @@ def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any], settings: dict
         f"MFU against {settings['peak_tflops']:g} TFLOP/s. Training FLOPs per step: CLAMP "
         f"{settings['tflop_per_step'].get('clamp', 0):.3g} TFLOP, baseline {settings['tflop_per_step'].get('baseline', 0):.3g} TFLOP.",
         "",
-        "Ratio = CLAMP step time / baseline step time (target <= 1.15). Method: `scripts/benchmark_gpu.py`.",
+        "Ratio = CLAMP step time / baseline step time (target <= 1.15). Method: `benchmarks/gpu.py`.",
         "",
         "| configuration | CLAMP images/s | baseline images/s | ratio | CLAMP MFU | baseline MFU | "
-        "peak GiB (CLAMP / baseline) | warm-up s (CLAMP / baseline) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "peak GiB (CLAMP / baseline) | warm-up s (CLAMP / baseline) | data wait (CLAMP / baseline) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         if "loader_images_per_s" in row:
-            lines.append(f"| {row['config']} | {row['loader_images_per_s']:.0f} (loader) | | | | | | |")
+            lines.append(f"| {row['config']} | {row['loader_images_per_s']:.0f} (loader) | | | | | | | |")
             continue
         c, b = row.get("clamp", {}), row.get("baseline", {})
 
@@ -300,7 +299,8 @@ def to_markdown(rows: list[dict[str, Any]], info: dict[str, Any], settings: dict
         lines.append(
             f"| {row['config']} | {cell(c, 'images_per_s', '.1f')} | {cell(b, 'images_per_s', '.1f')} | {ratio} | "
             f"{cell(c, 'mfu', '.1%')} | {cell(b, 'mfu', '.1%')} | {cell(c, 'peak_mem_gib', '.2f')} / "
-            f"{cell(b, 'peak_mem_gib', '.2f')} | {cell(c, 'warmup_s', '.1f')} / {cell(b, 'warmup_s', '.1f')} |"
+            f"{cell(b, 'peak_mem_gib', '.2f')} | {cell(c, 'warmup_s', '.1f')} / {cell(b, 'warmup_s', '.1f')} | "
+            f"{cell(c, 'data_wait_share', '.0%')} / {cell(b, 'data_wait_share', '.0%')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -345,7 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str, Path]:
+def run(args: argparse.Namespace, argv_is_ours: bool = False) -> tuple[list[dict[str, Any]], str, Path]:
+    """Run the rows, write ``benchmarks_gpu.{json,md}``, return the rows, the Markdown and the output folder
+    (``argv_is_ours``: the command line is this module's, to be recorded in the outputs)."""
     out = args.out or (Path(tempfile.mkdtemp(prefix="clamp_bench_gpu_")) if args.cpu_smoke else REPO / "docs")
     if not args.cpu_smoke:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -368,9 +370,9 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str, Path]:
     info = machine_info()
     info["device"] = "CPU (smoke test)" if args.cpu_smoke else torch.cuda.get_device_name()
     info["cuda"] = torch.version.cuda
-    argv = " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "benchmark_gpu.py" else ""
+    argv = " ".join(sys.argv[1:]) if argv_is_ours else ""
     settings = {
-        "command": f"python scripts/benchmark_gpu.py {argv}".strip(),
+        "command": f"python -m benchmarks.gpu {argv}".strip(),
         "model": args.model,
         "image_size": runner.cfg["net"]["image_size"],
         "batch": args.batch,
@@ -393,7 +395,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str, Path]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    _, md, out = run(args)
+    _, md, out = run(args, argv_is_ours=argv is None)
     print(md)
     log(f"wrote {out / 'benchmarks_gpu.md'} and .json")
 

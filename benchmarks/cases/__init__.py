@@ -1,0 +1,1 @@
+"""The benchmark cases, one module each: ``bench_<case>(...) -> list[Row]``."""
