@@ -24,13 +24,20 @@ class NonFiniteLossError(RuntimeError):
 
 
 def _rng_state() -> dict[str, Any]:
+    """The python, numpy, torch (CPU) and, once CUDA is initialised, the per-device CUDA generator states, as
+    tensors and primitives (a checkpoint entry that ``torch.load(..., weights_only=True)`` accepts)."""
     np_state = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         # numpy's state holds an ndarray: store it as a tensor so the checkpoint stays weights_only-loadable
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": random.getstate(),
     }
+    # drop path and dropout on a GPU draw from the CUDA generators; reading them before CUDA is initialised
+    # would initialise it (and a CPU run has none)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()  # one uint8 tensor per visible device
+    return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -39,6 +46,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
+    cuda = state.get("cuda")
+    if cuda is None:
+        return
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+    else:
+        log.warning("the checkpoint holds the CUDA random state of %d device(s), this process sees %d: the CUDA "
+                    "random stream (drop path, dropout) is not resumed exactly", len(cuda), visible)
 
 
 def _keep_best_tracking(trainer: pl.Trainer, checkpoint: dict) -> None:
