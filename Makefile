@@ -58,6 +58,10 @@ bench-gpu: $(STAMP) ## GPU benchmark (one CUDA device, < 8 min) -> docs/benchmar
 check-gpu: $(STAMP) ## the gpu tests + GPU benchmark (one CUDA device, < 8 min) -> docs/gpu_check.md; ARGS=--dry-run on CPU
 	$(PY) -m benchmarks.check_gpu $(ARGS)
 
+docs: $(STAMP) ## the user guide: mkdocs build --strict (warnings are errors) into site/; installs the docs extra if missing
+	test -x $(VENV)/bin/mkdocs || $(VENV)/bin/pip install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check clamp_pl tests scripts
 
@@ -72,4 +76,4 @@ clean: ## remove caches and build leftovers (keeps .venv and logs)
 clean-logs: ## remove training logs and outputs
 	rm -rf logs/ outputs/ multirun/ wandb/
 
-.PHONY: help install test test-e2e test-full demo pretrain-toy train sweep bench bench-gpu check-gpu lint format clean clean-logs
+.PHONY: help install test test-e2e test-full demo pretrain-toy train sweep bench bench-gpu check-gpu docs lint format clean clean-logs
