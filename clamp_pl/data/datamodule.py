@@ -404,7 +404,9 @@ class DLCDataModule(OwnDataModule):
     """A DeepLabCut project (single- or multi-animal, every video) or a lightning-pose ``CollectedData.csv``,
     converted to COCO in ``root`` (default ``converted_dir/<project name>``) and split per video
     (:func:`clamp_pl.formats.dlc.split_frames`: ``split="blocks"``, a contiguous val and test block at the end of
-    every video, or ``split="videos"``, whole held-out videos chosen by ``split_seed``)."""
+    every video, or ``split="videos"``, whole held-out videos chosen by ``split_seed``). With ``on_error="skip"``
+    the conversion drops bad label rows and frames whose image is missing, and lists them under ``skipped`` in
+    ``root/split.json``; otherwise they stop it with an error naming the file, the row and the column."""
 
     name = "dlc"
 
@@ -428,16 +430,19 @@ class DLCDataModule(OwnDataModule):
                 "labeled-data/<video>/CollectedData_<scorer>.csv) or a lightning-pose CollectedData.csv"
             )
         return dlc_to_coco(self.project, self.root, split=self.split, val_fraction=self.val_fraction,
-                           test_fraction=self.test_fraction, seed=self.split_seed, category_name=self.category_name)
+                           test_fraction=self.test_fraction, seed=self.split_seed, category_name=self.category_name,
+                           on_error=self.on_error)
 
     def _conversion_key(self) -> dict[str, Any]:
         """What the converted files depend on: the label files (path, size, mtime) and the split settings."""
         if self.project.is_dir():
             sources = sorted(self.project.glob("labeled-data/*/CollectedData_*.csv"))
+            sources += sorted(self.project.glob("labeled-data/*/CollectedData_*.h5"))
             sources += [self.project / "config.yaml"] if (self.project / "config.yaml").is_file() else []
         else:
             sources = [self.project]
         return {"type": type(self).__name__, "converter": 2, "category_name": self.category_name,
+                "on_error": self.on_error,
                 "split": self.split, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
                 "split_seed": self.split_seed,
                 "sources": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in sources]}
@@ -458,9 +463,12 @@ class DLCDataModule(OwnDataModule):
                 pass
         self._paths = self.convert()  # raises when the project is missing, so key is not None past here
         stamp.write_text(json.dumps(key, indent=1))
-        counts = json.loads(self._paths["split"].read_text())["counts"]
+        record = json.loads(self._paths["split"].read_text())
         log.info("%s -> %s: %s", self.project, self.root,
-                 {s: {"frames": c["frames"], "instances": c["instances"]} for s, c in counts.items()})
+                 {s: {"frames": c["frames"], "instances": c["instances"]} for s, c in record["counts"].items()})
+        if record.get("skipped"):
+            log.warning("%s: %d records skipped by the conversion (data.on_error=skip), listed in %s",
+                        self.project, len(record["skipped"]), self._paths["split"])
 
     def files(self) -> dict[str, tuple[Path, Path]]:
         if self._paths is None:
@@ -482,7 +490,8 @@ class SLEAPDataModule(DLCDataModule):
         from clamp_pl.formats.sleap import slp_to_coco
 
         return slp_to_coco(self.project, self.root, split=self.split, val_fraction=self.val_fraction,
-                           test_fraction=self.test_fraction, seed=self.split_seed, category_name=self.category_name)
+                           test_fraction=self.test_fraction, seed=self.split_seed, category_name=self.category_name,
+                           on_error=self.on_error)
 
 
 def project_name(project: Path) -> str:

@@ -50,7 +50,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from clamp_pl.core.errors import DataError
 from clamp_pl.core.geometry import keypoint_box
 
 __all__ = [
@@ -90,24 +91,10 @@ RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "dlc_openf
 #: Default split of the embedded openfield frames: half-open frame-index blocks.
 MOUSE_OPENFIELD_BLOCKS = {"val": (90, 100), "test": (100, 116)}
 _CONVERTER_VERSION = 2
+#: what a reader does with a bad record: raise a DataError, or drop it and list it
+ON_ERROR = ("raise", "skip")
 #: HDF5 key of DeepLabCut's files
 H5_KEY = "df_with_missing"
-
-
-@dataclass
-class DLCLabels:
-    """Labels of one ``CollectedData_*.csv``.
-
-    ``coords`` is float64 ``(N, I, K, 2)``: frame, individual, body part, (x, y) in image pixels; NaN where
-    the body part is not labelled. Single-animal files have one individual (``individuals == ["animal"]``).
-    """
-
-    csv_path: Path
-    scorer: str
-    frame_paths: list[str]
-    individuals: list[str]
-    bodyparts: list[str]
-    coords: np.ndarray
 
 
 @dataclass
@@ -242,67 +229,254 @@ def write_pose_table(
             out["filtered_csv"] = write_dlc_csv(smoothed, stem.with_name(stem.name + "_filtered.csv"))
             out["filtered_h5"] = write_dlc_h5(smoothed, stem.with_name(stem.name + "_filtered.h5"))
     return out
-def _fail(path: Path, msg: str) -> ValueError:
-    return ValueError(f"{path}: {msg}")
+@dataclass
+class DLCLabels:
+    """Labels of one ``CollectedData_*.csv`` (or its ``.h5`` twin).
+
+    ``coords`` is float64 ``(N, I, K, 2)``: frame, individual, body part, (x, y) in image pixels; NaN where
+    the body part is not labelled. Single-animal files have one individual (``individuals == ["animal"]``).
+    ``skipped`` lists the rows dropped with ``on_error="skip"``: ``{"file", "record", "column", "reason"}``.
+    """
+
+    csv_path: Path
+    scorer: str
+    frame_paths: list[str]
+    individuals: list[str]
+    bodyparts: list[str]
+    coords: np.ndarray
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def read_dlc_labels(csv_path: str | Path) -> DLCLabels:
-    """Parse a DLC ``CollectedData_*.csv`` (single- or multi-animal header, 1- or 3-column frame index)."""
-    path = Path(csv_path)
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
-    if len(rows) < 3 or rows[0][0].strip() != "scorer":
-        raise _fail(path, "not a DeepLabCut label file (first cell must be 'scorer')")
-    heads = [r[0].strip() for r in rows[:4]]
-    if heads[:3] == ["scorer", "bodyparts", "coords"]:
-        n_header, ind_row, bp_row, coord_row = 3, None, rows[1], rows[2]
-    elif heads == ["scorer", "individuals", "bodyparts", "coords"]:
-        n_header, ind_row, bp_row, coord_row = 4, rows[1], rows[2], rows[3]
-    else:
-        raise _fail(path, f"unexpected header rows {heads}; expected scorer/bodyparts/coords "
-                          "(or scorer/individuals/bodyparts/coords)")
-    # The frame index spans the columns before the first coordinate column.
+def _fail(path: Path, msg: str) -> DataError:
+    return DataError(f"{path}: {msg}")
+
+
+class _Problems:
+    """Raises a record's problem as a :class:`DataError` (``on_error="raise"``) or lists it (``"skip"``)."""
+
+    def __init__(self, on_error: str) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.raise_ = on_error == "raise"
+        self.skipped: list[dict[str, str]] = []
+
+    def __call__(self, path: Path, record: str, column: str | None, reason: str) -> None:
+        if self.raise_:
+            where = f"{record}, column {column}" if column else record
+            raise DataError(f"{path}: {where}: {reason}")
+        self.skipped.append({"file": str(path), "record": record, "column": column or "", "reason": reason})
+
+
+@dataclass
+class _Row:
+    """One data row: where it is (``line 5`` of a CSV, ``row 2`` of an .h5 table) and its cells as text."""
+
+    where: str
+    cells: list[str]
+
+
+def _csv_rows(path: Path) -> list[_Row]:
+    """The non-blank rows of a CSV, named by line number."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            lines = list(enumerate(csv.reader(f), start=1))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise _fail(path, f"not a readable CSV text file ({err})") from err
+    return [_Row(f"line {n}", r) for n, r in lines if any(c.strip() for c in r)]
+
+
+def _h5_cell(value: Any) -> str:
+    """A table value as a CSV cell: NaN empty, floats exactly (``repr``)."""
+    if isinstance(value, float):
+        return "" if np.isnan(value) else repr(value)
+    return str(value)
+
+
+def _h5_rows(path: Path) -> list[_Row]:
+    """DeepLabCut's ``.h5`` table as the rows its CSV twin would have: the header rows (level name, then one
+    cell per index column and per column) and one row per frame; NaN cells are empty, numbers are written
+    exactly (``repr``)."""
+    try:
+        df = pd.read_hdf(path)
+    except Exception as err:  # PyTables, h5py and pandas each raise their own; name the file whatever they are
+        raise _fail(path, f"not a readable DeepLabCut .h5 label table (pandas reported: {type(err).__name__}: "
+                          f"{err})") from err
+    if not isinstance(df, pd.DataFrame):
+        raise _fail(path, f"holds a {type(df).__name__}, not a DeepLabCut label table (a DataFrame)")
+    n_index = df.index.nlevels
+    header = [_Row(f"header level {i + 1}",
+                   [str(name), *[""] * (n_index - 1), *map(str, df.columns.get_level_values(i))])
+              for i, name in enumerate(df.columns.names)]
+    index = [key if isinstance(key, tuple) else (key,) for key in df.index]
+    cells = [[_h5_cell(v) for v in row] for row in df.to_numpy(dtype=object).tolist()]
+    return header + [_Row(f"row {n}", [str(k) for k in key] + vals)
+                     for n, (key, vals) in enumerate(zip(index, cells), start=1)]
+
+
+@dataclass
+class _Header:
+    """What the header rows say: how many there are, how many index columns start each row, how many cells a row
+    has, the scorer, and the x/y columns as ``(individual, bodypart, coord, cell index)``."""
+
+    rows: int
+    n_index: int
+    width: int
+    scorer: str
+    columns: list[tuple[str, str, str, int]]
+    multi: bool
+    labels: dict[int, str]
+
+    def name(self, col: int) -> str:
+        """A cell's column by its header cells, ``individual/bodypart/coord`` (``bodypart/coord`` for one
+        animal), or its number for an index column."""
+        return self.labels.get(col, f"{col + 1} (frame index)")
+
+
+_LAYOUTS = (["scorer", "bodyparts", "coords"], ["scorer", "individuals", "bodyparts", "coords"])
+
+
+def _parse_header(path: Path, rows: list[_Row]) -> _Header:
+    """Check the header rows (layout, one coord of x/y/likelihood per column, no duplicate column, x and y for
+    every body part); header problems concern every row, so they always raise."""
+    if not rows:
+        raise _fail(path, "empty file: a DeepLabCut label file starts with the header rows scorer / bodyparts / "
+                          "coords (scorer / individuals / bodyparts / coords for several animals)")
+    heads = [r.cells[0].strip() if r.cells else "" for r in rows[:4]]
+    if heads[0] != "scorer":
+        raise _fail(path, f"not a DeepLabCut label file: the first header row must start with 'scorer', "
+                          f"{rows[0].where} starts with {heads[0]!r}")
+    layout = _LAYOUTS[1] if heads[1:2] == ["individuals"] else _LAYOUTS[0]
+    if heads[:len(layout)] != layout:
+        raise _fail(path, f"header rows {heads[:len(layout)]} (first cell of rows 1-{len(layout)}): expected "
+                          f"{' / '.join(_LAYOUTS[0])} or {' / '.join(_LAYOUTS[1])}, in that order")
+    head = [r.cells for r in rows[:len(layout)]]
+    coord_row = head[-1]
+    width = len(coord_row)
+    for r in rows[:len(layout)]:
+        if len(r.cells) != width:
+            raise _fail(path, f"header {r.where} ({r.cells[0].strip()!r}) has {len(r.cells)} cells, the 'coords' row "
+                              f"{width}: the header rows must have one cell per column")
     first = next((i for i, c in enumerate(coord_row) if c.strip() in ("x", "y", "likelihood")), None)
     if first is None:
         raise _fail(path, "no x/y columns in the 'coords' row")
-    n_index = first
-    columns: list[tuple[str, str, str, int]] = []  # (individual, bodypart, coord, column)
-    for col in range(first, len(coord_row)):
-        coord = coord_row[col].strip()
-        if coord not in ("x", "y"):
-            continue  # likelihood columns of machine labels
-        ind = ind_row[col].strip() if ind_row is not None else "animal"
-        columns.append((ind, bp_row[col].strip(), coord, col))
-    individuals = list(dict.fromkeys(c[0] for c in columns if c[0] != "single" or ind_row is None))
-    bodyparts = list(dict.fromkeys(c[1] for c in columns if c[0] in individuals))
+    multi = len(layout) == 4
+    columns: list[tuple[str, str, str, int]] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    labels: dict[int, str] = {}
+    for col in range(first, width):
+        ind = head[1][col].strip() if multi else "animal"
+        bp, coord = head[-2][col].strip(), coord_row[col].strip()
+        label = f"{ind}/{bp}/{coord}" if multi else f"{bp}/{coord}"
+        if coord not in ("x", "y", "likelihood"):
+            raise _fail(path, f"column {col + 1} ({label}): coords must be x, y or likelihood, got {coord!r}")
+        if not bp or (multi and not ind):
+            raise _fail(path, f"column {col + 1} ({label}): no {'individual or ' if multi else ''}body part name")
+        if (ind, bp, coord) in seen:
+            raise _fail(path, f"columns {seen[ind, bp, coord] + 1} and {col + 1} are both {label}: which one holds "
+                              "the label is undefined (rename or remove one)")
+        seen[ind, bp, coord] = col
+        labels[col] = label
+        if coord != "likelihood":  # the scores of machine labels are no labels
+            columns.append((ind, bp, coord, col))
+    for ind, bp, coord, _ in columns:
+        other = "y" if coord == "x" else "x"
+        if (ind, bp, other) not in seen:
+            raise _fail(path, f"column {ind + '/' if multi else ''}{bp}/{coord} has no {other} column")
+    return _Header(len(layout), first, width, head[0][first].strip(), columns, multi, labels)
+
+
+def _parse_row(path: Path, header: _Header, row: _Row, keep: Mapping[str, int], bp_idx: Mapping[str, int],
+               n_ind: int, problem: _Problems) -> tuple[str, np.ndarray] | None:
+    """One data row: ``(frame path, coords (I, K, 2))``, or None after a problem (raised or listed)."""
+    cells = row.cells
+    frame = "/".join(c.strip() for c in cells[:header.n_index] if c.strip())
+    record = f"{row.where} (frame {frame})" if frame else row.where
+    if not frame:
+        problem(path, record, None, "no frame path in the index column(s)")
+        return None
+    if len(cells) != header.width:
+        if len(cells) < header.width:
+            problem(path, record, header.name(len(cells)), f"the row has {len(cells)} cells, the header "
+                    f"{header.width}: it is cut short here, and its labels from this column on would be lost")
+        else:
+            problem(path, record, None, f"the row has {len(cells)} cells, the header {header.width}: "
+                    f"{len(cells) - header.width} cell(s) beyond the last column")
+        return None
+    coords = np.full((n_ind, len(bp_idx), 2), np.nan)
+    for ind, bp, coord, col in header.columns:
+        if ind not in keep:
+            continue
+        cell = cells[col].strip()
+        if not cell or cell.lower() == "nan":  # DeepLabCut writes unlabelled points as empty cells (pandas: NaN)
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            problem(path, record, header.name(col), f"{cell!r} is not a number")
+            return None
+        if not np.isfinite(value):
+            problem(path, record, header.name(col), f"{cell!r} is not a finite coordinate")
+            return None
+        coords[keep[ind], bp_idx[bp], 0 if coord == "x" else 1] = value
+    half = np.isnan(coords).any(-1) & ~np.isnan(coords).all(-1)
+    if half.any():
+        i, k = (int(v) for v in np.argwhere(half)[0])
+        ind = next(n for n, j in keep.items() if j == i)
+        bp = next(n for n, j in bp_idx.items() if j == k)
+        missing = "x" if np.isnan(coords[i, k, 0]) else "y"
+        problem(path, record, f"{ind + '/' if header.multi else ''}{bp}/{missing}",
+                f"empty while its {'y' if missing == 'x' else 'x'} is labelled: half a point")
+        return None
+    return frame, coords
+
+
+def read_dlc_labels(csv_path: str | Path, *, on_error: str = "raise") -> DLCLabels:
+    """Parse and check a DLC ``CollectedData_*.csv``, or its ``.h5`` twin (single- or multi-animal header, 1- or
+    3-column frame index).
+
+    Every problem is a :class:`DataError` naming the file, the row (line and frame path) and the column
+    (``individual/bodypart/coord``): a non-numeric or non-finite coordinate, half a point (x without y), a row
+    whose cell count differs from the header's, a frame listed twice. With ``on_error="skip"`` such rows are
+    dropped and listed in ``skipped`` instead. Problems of the whole file always raise: header rows missing or
+    out of order, duplicate or unnamed columns, no labelled frame.
+    """
+    path = Path(csv_path)
+    problem = _Problems(on_error)
+    rows = _h5_rows(path) if path.suffix.lower() in (".h5", ".hdf5") else _csv_rows(path)
+    header = _parse_header(path, rows)
+    names = [c[0] for c in header.columns]
+    individuals = list(dict.fromkeys(n for n in names if n != "single" or not header.multi))
+    bodyparts = list(dict.fromkeys(c[1] for c in header.columns if c[0] in individuals))
     if not individuals or not bodyparts:
         raise _fail(path, "no body parts found")
-    unique = sorted({c[1] for c in columns if c[0] not in individuals})
+    unique = sorted({c[1] for c in header.columns if c[0] not in individuals})
     if unique:
         log.warning("%s: maDLC's unique body parts %s belong to no animal and are not converted", path, unique)
-    frames: list[str] = []
-    coords = np.full((len(rows) - n_header, len(individuals), len(bodyparts), 2), np.nan)
-    ind_idx = {n: i for i, n in enumerate(individuals)}
+    keep = {n: i for i, n in enumerate(individuals)}
     bp_idx = {n: i for i, n in enumerate(bodyparts)}
-    for r, row in enumerate(rows[n_header:]):
-        frame = "/".join(c.strip() for c in row[:n_index] if c.strip())
-        if not frame:
-            raise _fail(path, f"data row {r + n_header + 1} has no frame path")
-        frames.append(frame)
-        for ind, bp, coord, col in columns:
-            if ind not in ind_idx:
-                continue
-            cell = row[col].strip() if col < len(row) else ""
-            if cell:
-                try:
-                    coords[r, ind_idx[ind], bp_idx[bp], 0 if coord == "x" else 1] = float(cell)
-                except ValueError as err:
-                    raise _fail(path, f"frame {frame}: {bp} {coord} = {cell!r} is not a number") from err
-    if len(set(frames)) != len(frames):
-        raise _fail(path, "duplicate frame paths")
-    order = sorted(range(len(frames)), key=lambda i: frames[i])
-    return DLCLabels(path, rows[0][n_index].strip() if len(rows[0]) > n_index else "", [frames[i] for i in order],
-                     individuals, bodyparts, coords[order])
+    parsed: dict[str, list[tuple[_Row, np.ndarray]]] = {}
+    for row in rows[header.rows:]:
+        got = _parse_row(path, header, row, keep, bp_idx, len(individuals), problem)
+        if got is not None:
+            parsed.setdefault(got[0], []).append((row, got[1]))
+    for frame, copies in list(parsed.items()):
+        if len(copies) > 1:
+            problem(path, f"frame {frame}", None, f"listed {len(copies)} times ("
+                    f"{', '.join(r.where for r, _ in copies)}): which row holds its labels is undefined")
+            del parsed[frame]
+    if not any(np.isfinite(c).any() for copies in parsed.values() for _, c in copies):
+        if problem.skipped:
+            raise _fail(path, f"no labelled frame left after skipping {len(problem.skipped)} bad rows: "
+                              + "; ".join(f"{s['record']}: {s['reason']}" for s in problem.skipped[:3]))
+        if len(rows) == header.rows:
+            raise _fail(path, "no labelled frame: the file holds only its header rows")
+        raise _fail(path, f"no labelled frame: none of its {len(rows) - header.rows} rows labels a point")
+    frames = sorted(parsed)
+    coords = np.stack([parsed[f][0][1] for f in frames])
+    if problem.skipped:
+        log.warning("%s: skipped %d bad rows: %s", path, len(problem.skipped),
+                    "; ".join(f"{s['record']} {s['column']}: {s['reason']}" for s in problem.skipped))
+    return DLCLabels(path, header.scorer, frames, individuals, bodyparts, coords, problem.skipped)
 
 
 def read_dlc_csv(csv_path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -455,14 +629,18 @@ def summarize_split(splits: Mapping[str, dict], videos: Mapping[str, str]) -> di
 def write_conversion(
     out_dir: Path, splits: Mapping[str, dict], image_video: Mapping[int, str], category: dict, info: dict, *,
     img_root: Path, mode: str, seed: int, counts: Mapping[str, int], blocks: Mapping[str, Mapping[str, Any]],
+    skipped: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Path]:
     """A converter's output (DeepLabCut and SLEAP): the COCO files (:func:`write_coco_splits`) and ``split.json``
-    (mode, seed, frames per video, the non-empty held-out blocks, :func:`summarize_split`); returns
+    (mode, seed, frames per video, the non-empty held-out blocks, :func:`summarize_split` and, when records were
+    skipped, the ``skipped`` list); returns
     ``{"train": json, ["val": json,] ["test": json,] "images": img_root, "split": split.json}``."""
     paths = write_coco_splits(out_dir, splits, category, info)
     record = {"mode": mode, "seed": seed, "frames_per_video": dict(counts),
               "blocks": {v: {k: list(b) for k, b in bl.items()} for v, bl in blocks.items() if bl},
               "counts": summarize_split(splits, image_video)}
+    if skipped:
+        record["skipped"] = list(skipped)
     (out_dir / "split.json").write_text(json.dumps(record, indent=1) + "\n")
     paths["images"] = img_root
     paths["split"] = out_dir / "split.json"
@@ -492,11 +670,12 @@ def instances_to_annotations(
     return anns
 
 
-def _frame_file(csv_path: Path, frame: str) -> Path:
-    # As _project_root, per frame; a bare file name sits next to the CSV.
+def _frame_file(csv_path: Path, frame: str, root: Path) -> Path | None:
+    """A labelled frame's image: below the project root, or as _project_root looks, or a bare file name next to
+    the CSV; None when it is nowhere."""
     here = csv_path.resolve().parent
-    candidates = [here / frame, *(p / frame for p in here.parents[:3]), here / Path(frame).name]
-    return next((c for c in candidates if c.is_file()), candidates[0])
+    candidates = [here / frame, *(p / frame for p in here.parents[:3]), here / Path(frame).name, root / frame]
+    return next((c for c in candidates if c.is_file()), None)
 
 
 @dataclass(frozen=True)
@@ -567,25 +746,68 @@ class CocoBuilder:
         coco["annotations"] += anns
         return image_id
 
-    def write(self, out_dir: Path, img_root: Path, info: dict) -> dict[str, Path]:
-        """The COCO files and ``split.json`` (:func:`write_conversion`); a split leaving no training frame is an
-        error."""
+    def write(self, out_dir: Path, img_root: Path, info: dict, skipped: Sequence[Mapping[str, Any]] = ()
+              ) -> dict[str, Path]:
+        """The COCO files and ``split.json`` (:func:`write_conversion`, ``skipped`` = the records the converter
+        dropped); a split leaving no training frame is an error."""
         if "train" not in self.splits:
             raise ValueError(f"{self.source}: the held-out blocks {self.blocks} leave no training frames")
         return write_conversion(out_dir, self.splits, self.image_video, self.category, info, img_root=img_root,
-                                mode=self.mode, seed=self.seed, counts=self.counts, blocks=self.blocks)
+                                mode=self.mode, seed=self.seed, counts=self.counts, blocks=self.blocks,
+                                skipped=skipped)
 
 
 def _label_files(src: Path) -> list[Path]:
-    """The label CSVs of a project folder, or the one file given."""
+    """The label tables of a project folder (each ``CollectedData_*.csv``, or its ``.h5`` twin where there is no
+    CSV), or the one file given."""
     if src.is_dir():
         csvs = sorted(src.glob("labeled-data/*/CollectedData_*.csv"))
+        csvs += sorted(h for h in src.glob("labeled-data/*/CollectedData_*.h5")
+                       if not h.with_suffix(".csv").is_file())
         if not csvs:
             raise FileNotFoundError(f"{src}: no labeled-data/*/CollectedData_*.csv in this DeepLabCut project")
         return csvs
     if src.is_file():
         return [src]
     raise FileNotFoundError(f"{src}: no such DeepLabCut project folder or label CSV")
+
+
+def _twin_disagreement(table: DLCLabels, twin: DLCLabels) -> str | None:
+    """The first difference between a label table and its CSV/.h5 twin, in words; None when they agree (to
+    1e-6 px)."""
+    if (table.individuals, table.bodyparts) != (twin.individuals, twin.bodyparts):
+        return (f"columns differ: individuals {table.individuals} / {twin.individuals}, body parts "
+                f"{table.bodyparts} / {twin.bodyparts}")
+    if table.frame_paths != twin.frame_paths:
+        only = sorted(set(table.frame_paths) ^ set(twin.frame_paths))
+        return f"frames differ ({len(only)} in one file only, e.g. {only[0]})" if only else "frames differ"
+    a, b = table.coords, twin.coords
+    same = np.isclose(a, b, rtol=0, atol=1e-6) | (np.isnan(a) & np.isnan(b))
+    if same.all():
+        return None
+    f, i, k, c = (int(v) for v in np.argwhere(~same)[0])
+    column = f"{table.individuals[i] + '/' if len(table.individuals) > 1 else ''}{table.bodyparts[k]}/{'xy'[c]}"
+    return (f"{int((~same).any(axis=(1, 2, 3)).sum())} frame(s) differ, first frame {table.frame_paths[f]}, "
+            f"column {column}: {table.coords[f, i, k, c]:g} in {table.csv_path.name}, {twin.coords[f, i, k, c]:g} in "
+            f"{twin.csv_path.name}")
+
+
+def _check_twin(table: DLCLabels) -> None:
+    """DeepLabCut keeps each label table twice (CSV and .h5); say so clearly when the two disagree, e.g. after
+    editing one by hand, since DeepLabCut itself trains from the .h5 and this converter reads the file given."""
+    path = table.csv_path
+    twin_path = path.with_suffix(".h5" if path.suffix.lower() == ".csv" else ".csv")
+    if not twin_path.is_file():
+        return
+    try:
+        diff = _twin_disagreement(table, read_dlc_labels(twin_path, on_error="skip"))
+    except DataError as err:
+        diff = f"the twin cannot be read ({err})"
+    if diff is not None:
+        newer = path if path.stat().st_mtime >= twin_path.stat().st_mtime else twin_path
+        log.warning("%s and %s disagree: %s. Converting %s (%s was saved last); DeepLabCut trains from the .h5: "
+                    "make the two agree (deeplabcut.convertcsv2h5 rewrites the .h5 from the CSV)",
+                    path, twin_path.name, diff, path.name, newer.name)
 
 
 def _common_bodyparts(tables: Sequence[DLCLabels]) -> list[str]:
@@ -602,31 +824,40 @@ def _skeleton(cfg: Mapping[str, Any], bodyparts: list[str]) -> list[list[int]]:
             if len(pair) == 2 and (a := pair[0]) in bodyparts and (b := pair[1]) in bodyparts]
 
 
-def _frames_by_video(tables: Sequence[DLCLabels]) -> dict[str, list[tuple[DLCLabels, int]]]:
-    """``{video: [(table, row), ...]}`` sorted by frame path; a frame labelled in two files is an error."""
-    by_video: dict[str, list[tuple[DLCLabels, int]]] = {}
+def _frames_by_video(tables: Sequence[DLCLabels], root: Path, problem: _Problems
+                     ) -> dict[str, list[tuple[DLCLabels, int, Path]]]:
+    """``{video: [(table, row, image file), ...]}`` sorted by frame path. A frame labelled in two files is an
+    error; a frame whose image is missing is one too, or with ``on_error="skip"`` a listed skip."""
+    by_video: dict[str, list[tuple[DLCLabels, int, Path]]] = {}
     seen: dict[str, Path] = {}
     for t in tables:
         for row, frame in enumerate(t.frame_paths):
             if frame in seen:
                 raise _fail(t.csv_path, f"frame {frame} is labelled in {seen[frame]} too")
             seen[frame] = t.csv_path
+            image = _frame_file(t.csv_path, frame, root)
+            if image is None:
+                reason = f"image not found (looked for {root / frame})"
+                if problem.raise_:
+                    raise FileNotFoundError(f"{t.csv_path}: frame {frame}: {reason}")
+                problem(t.csv_path, f"frame {frame}", None, reason)
+                continue
             video = video_of(frame) or t.csv_path.parent.name
-            by_video.setdefault(video, []).append((t, row))
+            by_video.setdefault(video, []).append((t, row, image))
     for frames in by_video.values():
         frames.sort(key=lambda f: f[0].frame_paths[f[1]])
     return by_video
 
 
-def _frame_image(csv_path: Path, frame: str, root: Path, img_root: Path, copy_images: bool
+def _frame_image(table: DLCLabels, frame: str, src_img: Path, root: Path, img_root: Path, copy_images: bool
                  ) -> tuple[str, tuple[int, int]]:
-    """Find a labelled frame's image, copy it below ``img_root`` when asked; ``(COCO file_name, (W, H))``."""
-    src_img = _frame_file(csv_path, frame)
+    """Read a labelled frame's image (for its size), copy it below ``img_root`` when asked; ``(COCO file_name,
+    (W, H))``."""
     rel = Path(*Path(frame).parts[1:]) if Path(frame).parts[0] == "labeled-data" else Path(frame)
     file_name = rel.as_posix() if copy_images else Path(os.path.relpath(src_img, root)).as_posix()
     img = cv2.imread(str(src_img), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise FileNotFoundError(f"{csv_path}: frame {frame} not found or unreadable at {src_img}")
+        raise DataError(f"{table.csv_path}: frame {frame}: {src_img} is not an image OpenCV can read")
     height, width = img.shape[:2]
     if copy_images:
         dst = img_root / file_name
@@ -649,6 +880,7 @@ def dlc_to_coco(
     min_margin: float = 4.0,
     category_name: str = "animal",
     copy_images: bool = True,
+    on_error: str = "raise",
 ) -> dict[str, Path]:
     """Convert a DLC project (folder with ``config.yaml`` + ``labeled-data``), or one label CSV (a DLC
     ``CollectedData_<scorer>.csv`` or a lightning-pose ``CollectedData.csv``), to COCO files.
@@ -668,28 +900,38 @@ def dlc_to_coco(
         copy_images: copy the frames to ``out_dir/images`` (file names relative to the project's
             ``labeled-data``); otherwise file names are relative to the project root and ``images`` points
             there.
+        on_error: ``"raise"``: a bad row or a missing frame image is an error naming the file, the row and the
+            column (:func:`read_dlc_labels`); ``"skip"``: it is dropped, logged and listed under ``skipped`` in
+            ``split.json``, everything else converted.
 
     Returns:
         ``{"train": json, ["val": json,] ["test": json,] "images": folder, "split": split.json}``.
     """
     src = Path(project_or_csv)
+    problem = _Problems(on_error)
     csvs = _label_files(src)
-    tables = [read_dlc_labels(c) for c in csvs]
+    tables = [read_dlc_labels(c, on_error=on_error) for c in csvs]
+    for t in tables:
+        _check_twin(t)
     bodyparts = _common_bodyparts(tables)
     root = src if src.is_dir() else _project_root(src, tables[0].frame_paths)
     category = {"supercategory": "animal", "id": 1, "name": category_name, "keypoints": list(bodyparts),
                 "skeleton": _skeleton(_read_config(root), bodyparts)}
-    by_video = _frames_by_video(tables)
+    by_video = _frames_by_video(tables, root, problem)
     settings = SplitSettings(split, val_fraction, test_fraction, seed, blocks)
     coco = CocoBuilder(src, category, {v: len(f) for v, f in by_video.items()}, settings, margin, min_margin)
 
     out_dir = Path(out_dir)
     img_root = out_dir / "images" if copy_images else root
-    for video, (table, row), split_name in coco.frames(by_video):
-        file_name, size = _frame_image(table.csv_path, table.frame_paths[row], root, img_root, copy_images)
+    for video, (table, row, image), split_name in coco.frames(by_video):
+        file_name, size = _frame_image(table, table.frame_paths[row], image, root, img_root, copy_images)
         coco.add_frame(split_name, video, file_name, size, table.coords[row])
     info = {"description": f"DeepLabCut labels of {root.name}", "source": [str(c) for c in csvs]}
-    return coco.write(out_dir, img_root, info)
+    skipped = [s for t in tables for s in t.skipped] + problem.skipped
+    if problem.skipped:
+        log.warning("%s: skipped %d frames whose image is missing: %s", src, len(problem.skipped),
+                    ", ".join(s["record"] for s in problem.skipped))
+    return coco.write(out_dir, img_root, info, skipped)
 
 
 def ensure_mouse_openfield(root: str | Path) -> dict[str, Path]:

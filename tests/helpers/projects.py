@@ -1,12 +1,19 @@
 """Small DeepLabCut / lightning-pose / SLEAP projects written on the fly for the data tests: generated frames
-(a few hundred bytes each) with made-up labels in each tool's own file layout."""
+(a few hundred bytes each) with made-up labels in each tool's own file layout, and the same three layouts made
+from the real DeepLabCut openfield frames and labels that ship with the package (``openfield_*``)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from clamp_pl.formats.dlc import RESOURCE_DIR
+
+#: the shipped openfield project: 116 real frames of one mouse (m4s1) labelled by DeepLabCut's authors
+OPENFIELD_CSV = RESOURCE_DIR / "labeled-data" / "m4s1" / "CollectedData_Pranav.csv"
 
 BODYPARTS = ["snout", "leftear", "rightear", "tailbase"]
 SIZE = (64, 48)  # (W, H)
@@ -112,4 +119,58 @@ def make_slp_project(root: Path, videos: dict[str, int], seed: int = 0) -> Path:
     labels = sio.Labels(labeled_frames=frames, videos=vids, skeletons=[skeleton])
     out = root / "project.slp"
     sio.save_slp(labels, str(out))
+    return out
+
+
+def openfield_dlc_project(root: Path) -> Path:
+    """A copy of the shipped openfield DeepLabCut project (``config.yaml``, ``labeled-data/m4s1``: 116 JPEG frames
+    and ``CollectedData_Pranav.csv``) at ``root``. Returns the label CSV, which tests may rewrite."""
+    shutil.copytree(RESOURCE_DIR, root, ignore=shutil.ignore_patterns("LICENSE", "README.md"))
+    return root / OPENFIELD_CSV.relative_to(RESOURCE_DIR)
+
+
+def openfield_h5_twin(csv_path: Path) -> Path:
+    """The ``.h5`` twin DeepLabCut keeps beside a label CSV (pandas MultiIndex table, key ``df_with_missing``),
+    written from the CSV as DeepLabCut's ``convertcsv2h5`` does. Returns it."""
+    import pandas as pd
+
+    df = pd.read_csv(csv_path, header=[0, 1, 2], index_col=0)
+    out = csv_path.with_suffix(".h5")
+    df.to_hdf(out, key="df_with_missing", mode="w")
+    return out
+
+
+def openfield_lightning_pose_project(root: Path) -> Path:
+    """The openfield frames as a lightning-pose project: ``CollectedData.csv`` at ``root`` (DeepLabCut's
+    single-animal format), frames in ``labeled-data/m4s1/``, no ``config.yaml``. Returns the CSV."""
+    csv_path = openfield_dlc_project(root)
+    (root / "config.yaml").unlink()
+    out = root / "CollectedData.csv"
+    csv_path.rename(out)
+    return out
+
+
+def openfield_slp_project(root: Path, n_frames: int = 12) -> Path:
+    """The first ``n_frames`` openfield frames as a SLEAP project saved with sleap-io: an image-sequence video of
+    the real JPEGs, one user-labelled mouse per frame with the real labels, the four body parts as the skeleton
+    (snout-tailbase edge, left/right ear symmetry). Returns the ``.slp``."""
+    import sleap_io as sio
+
+    from clamp_pl.formats.dlc import read_dlc_csv
+
+    frames, bodyparts, coords = read_dlc_csv(OPENFIELD_CSV)
+    skeleton = sio.Skeleton(nodes=[sio.Node(n) for n in bodyparts], name="mouse")
+    skeleton.add_edge("snout", "tailbase")
+    skeleton.add_symmetry("leftear", "rightear")
+    files = []
+    for frame in frames[:n_frames]:
+        dst = root / "m4s1" / Path(frame).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(RESOURCE_DIR / frame, dst)
+        files.append(str(dst))
+    video = sio.Video.from_filename(files)
+    labelled = [sio.LabeledFrame(video=video, frame_idx=i, instances=[sio.Instance.from_numpy(coords[i], skeleton)])
+                for i in range(n_frames)]
+    out = root / "openfield.slp"
+    sio.save_slp(sio.Labels(labeled_frames=labelled, videos=[video], skeletons=[skeleton]), str(out))
     return out
