@@ -122,7 +122,8 @@ class ModelSpec:
         input_size: network input (W, H) in pixels (``(image_size, image_size)``).
         feature_grid: (gw, gh) of the image tower's dense features (the feature-loss targets live on it).
         heatmap_size: (w, h) of the predicted heatmaps.
-        normalization: name of the mean/std pair (``"imagenet"``, ``"clip"``) or ``"custom"``.
+        normalization: name of the mean/std pair (``"imagenet"``, ``"clip"``), ``"tower"`` (the image tower's own,
+            resolved by :func:`make_spec`) or ``"custom"``.
         mean, std: RGB, on the [0, 1] scale: the crop is ``(pixel / 255 - mean) / std``.
         padding: the crop box is the object box with the aspect ratio fixed to W/H, times ``padding``.
         sigma: Gaussian sigma of the heatmap targets, in heatmap pixels.
@@ -316,24 +317,32 @@ def make_spec(
 ) -> ModelSpec:
     """A spec from the network arguments and the keypoint meta, with the input size, feature grid and heatmap
     size derived from the network (:func:`network_geometry`); ``normalization`` names a mean/std pair of
-    :data:`clamp_pl.core.preprocess.NORMALIZATION`. No argument has a default here: the defaults live in the
-    configs (``conf/model``, ``conf/data/_base.yaml``)."""
-    from clamp_pl.core.preprocess import NORMALIZATION
+    :data:`clamp_pl.core.preprocess.NORMALIZATION`, or ``"tower"``: the image tower's own pair for ``net``'s
+    ``clip_model`` and ``pretrained`` (:func:`clamp_pl.models.clip_towers.preprocess_config`, nothing downloaded).
+    No argument has a default here: the defaults live in the configs (``conf/model``, ``conf/data/_base.yaml``)."""
+    from clamp_pl.core.preprocess import NORMALIZATION, TOWER_NORMALIZATION
 
     net = dict(net)
     for derived in ("heatmap_size", "feature_stride", "prompts"):
         if derived in net:
             raise ValueError(f"net.{derived} is not a network argument of the spec: the heatmap size and stride "
                              "are derived from clip_model, image_size and num_deconv; the prompts come from meta")
-    if normalization not in NORMALIZATION:
-        raise ValueError(f"normalization must be one of {sorted(NORMALIZATION)}, got {normalization!r}")
+    if normalization not in NORMALIZATION and normalization != TOWER_NORMALIZATION:
+        raise ValueError(f"normalization must be one of {[*sorted(NORMALIZATION), TOWER_NORMALIZATION]}, "
+                         f"got {normalization!r}")
     if "num_deconv" not in net:
         from clamp_pl.models import CLAMP
 
         net["num_deconv"] = inspect.signature(CLAMP).parameters["num_deconv"].default
     geometry = network_geometry(net["clip_model"], net["image_size"], net["num_deconv"])
     size = int(net["image_size"])
-    mean, std = NORMALIZATION[normalization]
+    if normalization == TOWER_NORMALIZATION:
+        from clamp_pl.models.clip_towers import preprocess_config
+
+        tower = preprocess_config(net["clip_model"], net.get("pretrained"), size)
+        mean, std = tuple(tower["mean"]), tuple(tower["std"])
+    else:
+        mean, std = NORMALIZATION[normalization]
     return ModelSpec(
         net=net, input_size=(size, size), feature_grid=geometry.feature_grid, heatmap_size=geometry.heatmap_size,
         normalization=normalization, mean=mean, std=std, padding=padding, sigma=sigma, decode=decode,

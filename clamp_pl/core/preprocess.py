@@ -16,13 +16,16 @@ import numpy as np
 from clamp_pl.core.errors import DataError
 from clamp_pl.core.geometry import bbox_xywh_to_center_scale, get_warp_matrix
 
-__all__ = ["NORMALIZATION", "crop_and_normalize", "denormalize", "normalize_chw", "read_image", "warp_crop"]
+__all__ = ["NORMALIZATION", "TOWER_NORMALIZATION", "crop_and_normalize", "denormalize", "normalize_chw", "read_image", "warp_crop"]
 
 #: RGB mean and std on the [0, 1] scale. CLAMP normalises with ImageNet statistics even for CLIP towers.
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
+#: the name of the image tower's own mean/std (its open_clip preprocess config: SigLIP 2 and PE-Core 0.5/0.5,
+#: MobileCLIP2 0/1): resolved per network when the spec is made, which records the numbers
+TOWER_NORMALIZATION = "tower"
 _JPEG_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".jfif"}
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4}
 

@@ -30,7 +30,10 @@ from .prompts import PromptLearner
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = math.log(100.0)
-_NO_DECAY_NAMES = {"ctx", "positional_embedding", "class_embedding", "gamma", "logit_scale"}
+# open_clip's names, then timm's (ViT/Eva tables and tokens, the attention-pool query): 2-/3-D, so the ndim rule
+# alone would let them decay
+_NO_DECAY_NAMES = {"ctx", "positional_embedding", "class_embedding", "gamma", "logit_scale",
+                   "pos_embed", "cls_token", "reg_token", "latent"}
 HEADS = ("concat", "prompt")
 
 
@@ -38,7 +41,8 @@ def no_weight_decay(name: str, param: torch.Tensor, keys: Sequence[str] | None =
     """Whether a CLAMP parameter should be excluded from weight decay.
 
     ``keys=None``: every 0-/1-D tensor (norm weights and biases, all biases, gamma, the logit scale, the ViT class
-    embedding), the learnable prompt context (``ctx``) and positional embeddings (timm/open_clip convention).
+    embedding), the learnable prompt context (``ctx``), positional embeddings and timm's class / register tokens
+    and attention-pool query (``pos_embed``, ``cls_token``, ``reg_token``, ``latent``: timm/open_clip convention).
 
     ``keys=[...]``: the official mmcv rule (``paramwise_cfg.custom_keys`` with ``decay_mult=0``): a parameter is
     excluded exactly when its name contains one of the substrings, everything else decays. The official ViT

@@ -2,6 +2,7 @@
 backbones, on tiny randomly initialised configs of each family (clamp_pl/models/model_configs). Nothing downloads."""
 
 import copy
+import json
 import warnings
 
 import open_clip
@@ -18,6 +19,7 @@ from clamp_pl.models.clip_towers import (
     tower_geometry,
 )
 from clamp_pl.models.prompts import PromptLearner
+from clamp_pl.spec import ModelSpec, make_spec
 
 PROMPTS = ["left eye", "right eye", "nose", "neck", "tail root"]
 #: tiny config -> (image size, tower kind, feature channels, pixel-embedding rule)
@@ -355,19 +357,23 @@ def test_full_size_towers_random_init(name, size, cf, d, grid):
     assert text.embed_dim == d
 
 
+_OPENAI_MEAN, _OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
 @pytest.mark.parametrize(
-    "model, clip_model",
+    "model, clip_model, mean, std",
     [
-        ("clamp_siglip2_vitb16", "ViT-B-16-SigLIP2-256"),
-        ("clamp_eva02_vitb16", "EVA02-B-16"),
-        ("clamp_pecore_vitb16", "PE-Core-B-16"),
-        ("clamp_convnext_base", "convnext_base"),
-        ("clamp_mobileclip2_s0", "MobileCLIP2-S0"),
+        ("clamp_siglip2_vitb16", "ViT-B-16-SigLIP2-256", [0.5] * 3, [0.5] * 3),
+        ("clamp_eva02_vitb16", "EVA02-B-16", _OPENAI_MEAN, _OPENAI_STD),
+        ("clamp_pecore_vitb16", "PE-Core-B-16", [0.5] * 3, [0.5] * 3),
+        ("clamp_convnext_base", "convnext_base", _OPENAI_MEAN, _OPENAI_STD),
+        ("clamp_mobileclip2_s0", "MobileCLIP2-S0", [0.0] * 3, [1.0] * 3),
     ],
 )
-def test_model_configs_compose_to_a_spec(make_cfg, model, clip_model):
-    """Every tower config gets 64x64 heatmaps at 256 px from its network geometry; its pretrained tag is an
-    open_clip tag of the architecture (checked, not downloaded)."""
+def test_model_configs_compose_to_a_spec(make_cfg, model, clip_model, mean, std):
+    """Every tower config gets 64x64 heatmaps at 256 px from its network geometry, and the mean/std its tower was
+    trained with (data.normalization: tower) as numbers in the spec, through a JSON round trip; its pretrained tag
+    is an open_clip tag of the architecture (checked, not downloaded). data.normalization still overrides."""
     from clamp_pl.cli.build import build_spec
     from clamp_pl.data.metainfo import get_meta
 
@@ -377,6 +383,38 @@ def test_model_configs_compose_to_a_spec(make_cfg, model, clip_model):
     assert open_clip.get_pretrained_cfg(clip_model, net.pretrained)
     spec = build_spec(cfg, get_meta("ap10k"), "toy_ap10k")
     assert list(spec.heatmap_size) == [64, 64] and spec.input_size == (256, 256)
+    assert cfg.data.normalization == "tower"
+    d = json.loads(json.dumps(spec.to_dict()))
+    assert d["normalization"] == {"name": "tower", "mean": pytest.approx(mean), "std": pytest.approx(std)}
+    assert ModelSpec.from_dict(d).mean == pytest.approx(tuple(mean))
+    imagenet = build_spec(make_cfg(f"model={model}", "data.normalization=imagenet"), get_meta("ap10k"), "toy_ap10k")
+    assert imagenet.mean == (0.485, 0.456, 0.406)
+
+
+def test_spec_rejects_an_unknown_normalization():
+    from clamp_pl.data.metainfo import get_meta
+
+    with pytest.raises(ValueError, match=r"\['clip', 'imagenet', 'tower'\]"):
+        make_spec({"clip_model": "clamp-tiny-mapvit", "pretrained": None, "image_size": 64}, get_meta("ap10k"),
+                  normalization="siglip", padding=1.25, sigma=2.0, decode="default", shift_heatmap=True,
+                  flip_test=True)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("clamp-tiny-mapvit", {"trunk.pos_embed", "trunk.attn_pool.latent"}),
+    ("clamp-tiny-eva02", {"trunk.pos_embed", "trunk.cls_token"}),
+    ("clamp-tiny-pecore", {"trunk.pos_embed", "trunk.cls_token", "trunk.attn_pool.latent"}),
+])
+def test_timm_tables_and_tokens_do_not_decay(name, expected):
+    """timm's positional tables, class/register tokens and attention-pool query are 2-/3-D: excluded by name (the
+    ndim rule alone would decay them); the weight matrices beside them still decay."""
+    from clamp_pl.models.clamp import no_weight_decay
+
+    model = _clamp(name)
+    params = dict(model.image_tower.visual.named_parameters())
+    kept = {n for n, p in params.items() if p.ndim > 1 and no_weight_decay(n, p)}
+    assert kept == expected
+    assert not no_weight_decay("trunk.patch_embed.proj.weight", params["trunk.patch_embed.proj.weight"])
 
 
 @pytest.mark.parametrize("name", ["clamp-tiny-mapvit", "clamp-tiny-pecore", "clamp-tiny-mobileclip2"])
