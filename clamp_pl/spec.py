@@ -29,7 +29,7 @@ import numpy as np
 
 from clamp_pl.data.metainfo import DatasetMeta
 
-__all__ = ["LEGACY_DATA_KEYS", "SPEC_DATA_KEYS", "SPEC_VERSION", "Geometry", "ModelSpec", "make_spec", "meta_to_dict", "network_geometry"]
+__all__ = ["LEGACY_DATA_KEYS", "SPEC_DATA_KEYS", "SPEC_VERSION", "Geometry", "ModelSpec", "make_spec", "network_geometry"]
 
 #: bumped when a field changes meaning; :meth:`ModelSpec.from_dict` refuses newer versions
 SPEC_VERSION = 1
@@ -95,23 +95,6 @@ def _plain(value: Any, where: str) -> Any:
                     "bool, None)")
 
 
-def meta_to_dict(meta: DatasetMeta) -> dict[str, Any]:
-    """A :class:`DatasetMeta` as primitives (the ``meta`` field of a spec)."""
-    return {
-        "name": meta.name,
-        "keypoint_names": list(meta.keypoint_names),
-        "prompts": list(meta.prompts),
-        "flip_indices": [int(i) for i in meta.flip_indices],
-        "sigmas": [float(s) for s in meta.sigmas],
-        "skeleton": [[int(a), int(b)] for a, b in meta.skeleton],
-        "upper_body_ids": [int(i) for i in meta.upper_body_ids],
-        "lower_body_ids": [int(i) for i in meta.lower_body_ids],
-        "joint_weights": [float(w) for w in meta.joint_weights],
-        "species": {int(k): str(v) for k, v in meta.species.items()},
-        "species_to_family": {int(k): str(v) for k, v in meta.species_to_family.items()},
-    }
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """What a trained CLAMP model is, apart from its weights.
@@ -131,9 +114,13 @@ class ModelSpec:
             Taylor-refined decoding, mmpose ``MSRAHeatmap(unbiased=True)``).
         shift_heatmap: flip test shifts the flipped heatmaps one pixel right (non-UDP codecs).
         flip_test: average with the horizontally flipped crop at test time (the default of eval and inference).
-        meta: the keypoint layout (:func:`meta_to_dict`).
+        meta: the keypoint layout the model was trained on (:meth:`DatasetMeta.to_dict`): its keypoint names are
+            the trained vocabulary (:attr:`trained_vocabulary`).
         data: the data the model was trained on: ``{"name": datamodule name, "config": {"_target_": ...,
             files/root, split, protocol, ...}}`` (the resolved ``data`` config, without the preprocessing above).
+        pose_prior: a shape model of the training labels' poses (:func:`clamp_pl.inference.qc.fit_pose_prior`:
+            Procrustes mean shape and principal components) for the pose-plausibility check of
+            :mod:`clamp_pl.inference.qc`; None when the run recorded none.
         version: :data:`SPEC_VERSION` of the writer.
     """
 
@@ -151,6 +138,7 @@ class ModelSpec:
     flip_test: bool
     meta: dict[str, Any]
     data: dict[str, Any] = field(default_factory=dict)
+    pose_prior: dict[str, Any] | None = None
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
@@ -161,6 +149,8 @@ class ModelSpec:
         set_(self, "heatmap_size", _pair(self.heatmap_size, "heatmap_size"))
         set_(self, "meta", _plain(dict(self.meta), "meta"))
         set_(self, "data", _plain(dict(self.data), "data"))
+        if self.pose_prior is not None:
+            set_(self, "pose_prior", _plain(dict(self.pose_prior), "pose_prior"))
         problems = []
         for key in ("clip_model", "image_size"):
             if key not in self.net:
@@ -206,6 +196,7 @@ class ModelSpec:
             "test": {"flip_test": self.flip_test},
             "meta": dict(self.meta),
             "data": dict(self.data),
+            **({} if self.pose_prior is None else {"pose_prior": dict(self.pose_prior)}),
         }
 
     @classmethod
@@ -217,10 +208,8 @@ class ModelSpec:
                              "update clamp_pl")
         try:
             norm, codec, test = d["normalization"], d["codec"], d["test"]
-            meta = dict(d["meta"])
-            # int category ids may come back as strings from JSON/YAML
-            for key in ("species", "species_to_family"):
-                meta[key] = {int(k): v for k, v in (meta.get(key) or {}).items()}
+            # through DatasetMeta: int category ids may come back as strings from JSON/YAML
+            meta = DatasetMeta.from_dict(d["meta"], "model spec meta").to_dict()
             return cls(
                 net=dict(d["net"]),
                 input_size=tuple(d["input_size"]),
@@ -236,6 +225,7 @@ class ModelSpec:
                 flip_test=bool(test["flip_test"]),
                 meta=meta,
                 data=dict(d.get("data") or {}),
+                pose_prior=None if d.get("pose_prior") is None else dict(d["pose_prior"]),
                 version=SPEC_VERSION,
             )
         except KeyError as e:
@@ -244,23 +234,7 @@ class ModelSpec:
     # ------------------------------------------------------------------------------------ builders
     def dataset_meta(self) -> DatasetMeta:
         """The keypoint layout as a :class:`DatasetMeta` (validated)."""
-        m = self.meta
-        try:
-            return DatasetMeta(
-                name=str(m["name"]),
-                keypoint_names=tuple(m["keypoint_names"]),
-                prompts=tuple(m["prompts"]),
-                flip_indices=tuple(int(i) for i in m["flip_indices"]),
-                sigmas=np.asarray(m["sigmas"], dtype=np.float64),
-                skeleton=tuple((int(a), int(b)) for a, b in m["skeleton"]),
-                upper_body_ids=tuple(int(i) for i in m["upper_body_ids"]),
-                lower_body_ids=tuple(int(i) for i in m["lower_body_ids"]),
-                joint_weights=np.asarray(m["joint_weights"], dtype=np.float64),
-                species={int(k): str(v) for k, v in m.get("species", {}).items()},
-                species_to_family={int(k): str(v) for k, v in m.get("species_to_family", {}).items()},
-            )
-        except KeyError as e:
-            raise ValueError(f"model spec meta has no field {e.args[0]!r} (fields: {sorted(m)})") from None
+        return DatasetMeta.from_dict(self.meta, "model spec meta")
 
     def build_codec(self):
         """The heatmap codec (:class:`clamp_pl.codecs.MSRAHeatmap`): targets in training, decoding at test."""
@@ -292,6 +266,64 @@ class ModelSpec:
     @property
     def num_keypoints(self) -> int:
         return len(self.meta["prompts"])
+
+    @property
+    def trained_vocabulary(self) -> tuple[str, ...]:
+        """The keypoint names the model was trained on, in the order of its training heatmaps (the meta's)."""
+        return tuple(self.meta["keypoint_names"])
+
+    def vocabulary(self, names: Sequence[str] | None = None) -> DatasetMeta:
+        """The keypoint meta of the keypoints ``names`` asked of this model (None: the trained vocabulary as it is).
+
+        A name is trained when it is one of :attr:`trained_vocabulary` or its prompt text
+        (:func:`clamp_pl.data.metainfo.name_to_prompt`) is a trained prompt ("left eye" finds AP-10K's ``L_Eye``):
+        it keeps the trained prompt text and OKS sigma. Any other name gets the prompt derived from it and the
+        default sigma (:func:`clamp_pl.data.metainfo.meta_from_names`). Flip pairs are derived from left/right in
+        the names; the skeleton keeps the trained edges between asked keypoints. :meth:`untrained` lists the names
+        never trained.
+        """
+        return self._vocabulary(names)[0]
+
+    def untrained(self, names: Sequence[str] | None) -> tuple[str, ...]:
+        """The names among ``names`` that the model was never trained on (see :meth:`vocabulary`), in their order."""
+        return self._vocabulary(names)[1]
+
+    def _vocabulary(self, names: Sequence[str] | None) -> tuple[DatasetMeta, tuple[str, ...]]:
+        from clamp_pl.data.metainfo import meta_from_names, name_to_prompt
+
+        trained = self.dataset_meta()
+        if names is None or tuple(names) == trained.keypoint_names:
+            return trained, ()
+        asked = meta_from_names(names, name=trained.name)
+        index: dict[str, int] = {}
+        for i, (name, prompt) in enumerate(zip(trained.keypoint_names, trained.prompts)):
+            for key in (name, prompt, name_to_prompt(name)):
+                index.setdefault(key, i)
+        found = [index.get(n, index.get(p)) for n, p in zip(asked.keypoint_names, asked.prompts)]
+        where = {j: k for k, j in enumerate(found) if j is not None}
+        untrained = tuple(n for n, j in zip(asked.keypoint_names, found) if j is None)
+        meta = DatasetMeta(
+            name=trained.name,
+            keypoint_names=asked.keypoint_names,
+            prompts=tuple(p if j is None else trained.prompts[j] for p, j in zip(asked.prompts, found)),
+            flip_indices=asked.flip_indices,
+            sigmas=np.array([s if j is None else trained.sigmas[j] for s, j in zip(asked.sigmas, found)]),
+            skeleton=tuple((where[a], where[b]) for a, b in trained.skeleton if a in where and b in where),
+            upper_body_ids=asked.upper_body_ids,
+            lower_body_ids=asked.lower_body_ids,
+            joint_weights=asked.joint_weights,
+            species=dict(trained.species),
+            species_to_family=dict(trained.species_to_family),
+            provenance={**asked.provenance, "prompts": "the trained prompt where the name was trained, else "
+                        "derived from the name", "sigmas": "the trained sigma where the name was trained, else "
+                        + asked.provenance["sigmas"]},
+        )
+        return meta, untrained
+
+    @property
+    def head(self) -> str:
+        """The keypoint head: ``"concat"`` (CLAMP's, K fixed) or ``"prompt"`` (keypoints = prompts, any names)."""
+        return str(self.net.get("head", "concat"))
 
     @property
     def flip_indices(self) -> list[int]:
@@ -346,5 +378,5 @@ def make_spec(
     return ModelSpec(
         net=net, input_size=(size, size), feature_grid=geometry.feature_grid, heatmap_size=geometry.heatmap_size,
         normalization=normalization, mean=mean, std=std, padding=padding, sigma=sigma, decode=decode,
-        shift_heatmap=shift_heatmap, flip_test=flip_test, meta=meta_to_dict(meta), data=dict(data or {}),
+        shift_heatmap=shift_heatmap, flip_test=flip_test, meta=meta.to_dict(), data=dict(data or {}),
     )

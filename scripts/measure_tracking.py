@@ -101,8 +101,8 @@ def main() -> None:
     visible = np.isfinite(gt).all(-1)
 
     est = load_model(args.run, device=args.device)
-    if est.meta["keypoint_names"] and list(est.meta["keypoint_names"]) != list(parts):
-        raise SystemExit(f"{args.run}: keypoints {est.meta['keypoint_names']} are not the mouse's {parts}")
+    if list(est.meta.keypoint_names) != list(parts):
+        raise SystemExit(f"{args.run}: keypoints {list(est.meta.keypoint_names)} are not the mouse's {parts}")
     rows: dict[str, dict] = {}
 
     def score(name: str, pred: np.ndarray, seconds: float, **extra) -> None:

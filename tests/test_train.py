@@ -87,11 +87,11 @@ def test_bad_case_gallery_holds_the_lowest_oks(short_run, data_dir):
 
 def test_checkpoint_loads_weights_only(short_run):
     ckpt = torch.load(short_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    spec = ckpt["clamp_spec"]
+    spec = ckpt["hyper_parameters"]["spec"]  # the one copy of the spec (no "clamp_spec" any more)
     assert spec["meta"]["prompts"][2] == "nose" and len(spec["meta"]["flip_indices"]) == 17
     assert spec["input_size"] == [128, 128] and spec["heatmap_size"] == [32, 32] and spec["feature_grid"] == [4, 4]
     assert spec["data"]["name"] == "toy_ap10k" and spec["data"]["config"]["n_test"] == 24
-    assert ckpt["hyper_parameters"]["spec"] == spec
+    assert "clamp_spec" not in ckpt
     assert "rng_states" in ckpt
 
 

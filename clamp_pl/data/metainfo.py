@@ -37,6 +37,7 @@ __all__ = [
     "get_meta",
     "known_sigmas",
     "meta_from_coco",
+    "meta_from_names",
     "meta_table",
     "name_to_prompt",
     "name_tokens",
@@ -126,6 +127,44 @@ class DatasetMeta:
             if name == species_name:
                 return self.species_to_family.get(cid)
         return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The meta as primitives (dicts, lists, str, int, float), as model specs and exported files hold it; the
+        inverse of :meth:`from_dict`. ``provenance`` (how a derived meta got its values) is not part of it."""
+        return {
+            "name": self.name,
+            "keypoint_names": list(self.keypoint_names),
+            "prompts": list(self.prompts),
+            "flip_indices": [int(i) for i in self.flip_indices],
+            "sigmas": [float(s) for s in self.sigmas],
+            "skeleton": [[int(a), int(b)] for a, b in self.skeleton],
+            "upper_body_ids": [int(i) for i in self.upper_body_ids],
+            "lower_body_ids": [int(i) for i in self.lower_body_ids],
+            "joint_weights": [float(w) for w in self.joint_weights],
+            "species": {int(k): str(v) for k, v in self.species.items()},
+            "species_to_family": {int(k): str(v) for k, v in self.species_to_family.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "meta") -> DatasetMeta:
+        """The inverse of :meth:`to_dict` (validated); category ids written as strings (JSON, YAML) become ints
+        again. Errors name ``source`` and the missing field."""
+        try:
+            return cls(
+                name=str(d["name"]),
+                keypoint_names=tuple(str(n) for n in d["keypoint_names"]),
+                prompts=tuple(str(p) for p in d["prompts"]),
+                flip_indices=tuple(int(i) for i in d["flip_indices"]),
+                sigmas=np.asarray(d["sigmas"], dtype=np.float64),
+                skeleton=tuple((int(a), int(b)) for a, b in d["skeleton"]),
+                upper_body_ids=tuple(int(i) for i in d["upper_body_ids"]),
+                lower_body_ids=tuple(int(i) for i in d["lower_body_ids"]),
+                joint_weights=np.asarray(d["joint_weights"], dtype=np.float64),
+                species={int(k): str(v) for k, v in (d.get("species") or {}).items()},
+                species_to_family={int(k): str(v) for k, v in (d.get("species_to_family") or {}).items()},
+            )
+        except KeyError as e:
+            raise ValueError(f"{source} has no field {e.args[0]!r} (fields: {sorted(d)})") from None
 
 
 # ----------------------------------------------------------------------------------------------- declarative tables
@@ -647,6 +686,35 @@ def meta_from_coco(
         species=species,
         species_to_family=families,
         provenance=provenance,
+    )
+
+
+def meta_from_names(names: Sequence[str], *, name: str = "names", default_sigma: float = DEFAULT_SIGMA) -> DatasetMeta:
+    """A :class:`DatasetMeta` from keypoint names alone (e.g. the keypoints asked of a model at run time), derived as
+    :func:`meta_from_coco` derives them: prompts by :func:`name_to_prompt`, flip pairs from left <-> right in the
+    names, the published sigmas of a known layout else ``default_sigma`` for every keypoint (no warning: the caller
+    says what it uses them for), half-body groups from the names; no skeleton, no species."""
+    names = tuple(str(n).strip() for n in names)
+    if not names or any(not n for n in names):
+        raise ValueError(f"keypoint names must be non-empty strings, got {list(names)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"keypoint names must be distinct, got {list(names)}")
+    k = len(names)
+    hit = known_sigmas(names)
+    lower = [_is_lower(name_tokens(n)) for n in names]
+    return DatasetMeta(
+        name=name,
+        keypoint_names=names,
+        prompts=tuple(name_to_prompt(n) for n in names),
+        flip_indices=_infer_flip_indices(names),
+        sigmas=hit[1] if hit is not None else np.full(k, float(default_sigma)),
+        skeleton=(),
+        upper_body_ids=tuple(i for i in range(k) if not lower[i]),
+        lower_body_ids=tuple(i for i in range(k) if lower[i]),
+        joint_weights=np.ones(k),
+        provenance={"prompts": "derived from the names", "flip_pairs": "derived from left/right in the names",
+                    "sigmas": f"published {hit[0]} values" if hit is not None
+                    else f"default {default_sigma:g} for every keypoint"},
     )
 
 

@@ -3,7 +3,8 @@
 Three kinds of file hold a trained model, all read by :func:`load_checkpoint` with ``weights_only=True``:
 
 * a Lightning checkpoint written by training (``checkpoints/epoch_*.ckpt``, ``checkpoints/last.ckpt``): the spec
-  is under :data:`SPEC_KEY`, the network weights under ``state_dict`` with a ``net.`` prefix;
+  is the ``spec`` hyper-parameter (``hyper_parameters["spec"]``), the network weights are under ``state_dict``
+  with a ``net.`` prefix (files written before the spec was kept only there also hold it under :data:`SPEC_KEY`);
 * a model file (:func:`save_model_file`, ``model.pt``): ``{MODEL_FILE_KEY: 1, "spec": ..., "state_dict": net
   weights}``, nothing of the optimiser or the trainer;
 * a Lightning checkpoint of clamp_pl before the spec existed: the spec is rebuilt from its hyper-parameters and,
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from clamp_pl.spec import LEGACY_DATA_KEYS, SPEC_DATA_KEYS, ModelSpec, network_geometry
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MODEL_FILE_KEY",
     "MODEL_FILE_NAME",
+    "SPEC_HPARAM",
     "SPEC_KEY",
     "CheckpointError",
     "atomic_torch_save",
@@ -44,8 +47,11 @@ __all__ = [
     "save_model_file",
 ]
 
-#: key of the spec (``ModelSpec.to_dict()``) in a Lightning checkpoint
+#: key of a second copy of the spec (``ModelSpec.to_dict()``) in Lightning checkpoints written by older clamp_pl;
+#: read when the hyper-parameters hold none, never written
 SPEC_KEY = "clamp_spec"
+#: the hyper-parameter holding the spec in a Lightning checkpoint (``PoseLitModule``'s ``spec`` argument)
+SPEC_HPARAM = "spec"
 #: key marking a model file (its value is the format version)
 MODEL_FILE_KEY = "clamp_pl_model"
 #: the model file's name in a run directory
@@ -137,9 +143,12 @@ def load_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
         raise CheckpointError(f"{path}: neither a clamp_pl model file nor a Lightning checkpoint "
                               f"(top-level keys: {sorted(obj)[:10]})")
     state = {k[len(_NET_PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(_NET_PREFIX)}
+    hparams = obj.get("hyper_parameters") or {}
+    if SPEC_HPARAM in hparams:
+        return _spec_of(hparams[SPEC_HPARAM], path), state
     if SPEC_KEY in obj:
         return _spec_of(obj[SPEC_KEY], path), state
-    return legacy_spec(obj.get("hyper_parameters") or {}, path), state
+    return legacy_spec(hparams, path), state
 
 
 def _spec_of(d: Any, path: Path) -> ModelSpec:
@@ -227,28 +236,27 @@ def legacy_spec(hp: Mapping[str, Any], path: Path) -> ModelSpec:
 def _legacy_meta(hp: Mapping[str, Any], families: Mapping[str, Any], species: dict[int, str]) -> dict[str, Any]:
     """The keypoint meta of an old checkpoint: a built-in table when the prompts are one's (it also knows the
     half-body groups and joint weights), else what the hyper-parameters kept."""
-    from clamp_pl.data.metainfo import get_meta
-    from clamp_pl.spec import meta_to_dict
+    from clamp_pl.data.metainfo import DatasetMeta, get_meta
 
     for name in ("ap10k", "animalpose"):
         table = get_meta(name)
         if list(table.prompts) == list(hp["prompts"]) and list(table.flip_indices) == list(hp["flip_indices"]):
-            return meta_to_dict(table)
+            return table.to_dict()
     k = len(hp["prompts"])
-    return {
-        "name": str(hp.get("dataset_name") or ""),
-        "keypoint_names": list(hp.get("keypoint_names") or hp["prompts"]),
-        "prompts": list(hp["prompts"]),
-        "flip_indices": [int(i) for i in hp["flip_indices"]],
-        "sigmas": [float(s) for s in hp["sigmas"]],
-        "skeleton": [[int(a), int(b)] for a, b in (hp.get("skeleton") or [])],
+    return DatasetMeta(
+        name=str(hp.get("dataset_name") or ""),
+        keypoint_names=tuple(hp.get("keypoint_names") or hp["prompts"]),
+        prompts=tuple(hp["prompts"]),
+        flip_indices=tuple(int(i) for i in hp["flip_indices"]),
+        sigmas=np.asarray(hp["sigmas"], dtype=np.float64),
+        skeleton=tuple((int(a), int(b)) for a, b in (hp.get("skeleton") or [])),
         # not kept by the old hyper-parameters: half-body augmentation only, which no loaded model runs
-        "upper_body_ids": [],
-        "lower_body_ids": [],
-        "joint_weights": [1.0] * k,
-        "species": species,
-        "species_to_family": {int(c): str(fam) for fam, ids in families.items() for c in ids if int(c) in species},
-    }
+        upper_body_ids=(),
+        lower_body_ids=(),
+        joint_weights=np.ones(k),
+        species=species,
+        species_to_family={int(c): str(fam) for fam, ids in families.items() for c in ids if int(c) in species},
+    ).to_dict()
 
 
 # ------------------------------------------------------------------------------------------ run directories

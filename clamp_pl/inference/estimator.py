@@ -5,6 +5,8 @@
 >>> preds = est.predict(["cat.jpg"], boxes=[[[10, 20, 200, 150, 0.9]]])
 >>> preds[0][0]["keypoints"].shape                                  # (K, 2) image pixels
 (17, 2)
+>>> est.predict(["cat.jpg"], keypoints=["nose", "left ear tip"])[0][0]["untrained"]   # names at run time
+('left ear tip',)
 
 Everything comes from the checkpoint's model spec (:class:`clamp_pl.spec.ModelSpec`): the plain
 :class:`clamp_pl.models.CLAMP` network, its heatmap codec and the test-time preprocessing. Top-down, with the very
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from clamp_pl.core.preprocess import crop_and_normalize
+from clamp_pl.data.metainfo import DatasetMeta
 from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint
 from clamp_pl.inference.postprocess import RESCORE_THR, decode_heatmaps, flip_test_heatmaps, rescore
 from clamp_pl.models import CLAMP
@@ -108,16 +111,14 @@ class PoseEstimator:
         spec: the model spec.
         net: the network of the spec with its trained weights (:meth:`ModelSpec.build_network` + load).
         device: None = CUDA when available, else CPU.
-        checkpoint: the file it was loaded from (recorded in ``meta``).
+        checkpoint: the file it was loaded from.
 
     Attributes:
         spec, net (:class:`clamp_pl.models.CLAMP`, eval mode, on ``device``), codec (the spec's
             :class:`clamp_pl.codecs.MSRAHeatmap`).
-        meta: ``dataset_name``, ``keypoint_names``, ``prompts``, ``flip_indices``, ``sigmas``, ``skeleton``
-            (0-based pairs), ``species`` (category id -> name), ``families`` (family -> category ids),
-            ``input_size`` (W, H), ``heatmap_size`` (w, h), ``normalization``, ``mean``, ``std``, ``padding``,
-            ``checkpoint``.
-        input_size: network input (W, H).
+        meta: the :class:`clamp_pl.data.metainfo.DatasetMeta` of the trained vocabulary (what ``predict``
+            returns with ``keypoints=None``); :meth:`vocabulary` gives it for other names.
+        input_size: network input (W, H). heatmap_size: (w, h). checkpoint: the file it was loaded from.
     """
 
     def __init__(self, spec: ModelSpec, net: CLAMP, device: str | torch.device | None = None,
@@ -128,28 +129,45 @@ class PoseEstimator:
         self.codec = spec.build_codec()
         self.input_size = spec.input_size
         self.padding = spec.padding
-        meta = spec.dataset_meta()
-        self.meta: dict[str, Any] = {
-            "dataset_name": spec.data_name,
-            "keypoint_names": list(meta.keypoint_names),
-            "prompts": list(meta.prompts),
-            "flip_indices": [int(i) for i in meta.flip_indices],
-            "sigmas": [float(s) for s in meta.sigmas],
-            "skeleton": [(int(a), int(b)) for a, b in meta.skeleton],
-            "species": dict(meta.species),
-            "families": meta.families,
-            "input_size": spec.input_size,
-            "heatmap_size": spec.heatmap_size,
-            "normalization": spec.normalization,
-            "mean": list(spec.mean),
-            "std": list(spec.std),
-            "padding": spec.padding,
-            "checkpoint": str(checkpoint),
-        }
+        self.heatmap_size = spec.heatmap_size
+        self.checkpoint = str(checkpoint)
+        self.meta: DatasetMeta = spec.dataset_meta()
+        # per asked vocabulary (its prompts): the text features [K, Dt] it runs with
+        self._text_features: dict[tuple[str, ...], torch.Tensor] = {}
 
     @property
     def num_keypoints(self) -> int:
-        return len(self.meta["prompts"])
+        """K of the trained vocabulary."""
+        return self.meta.num_keypoints
+
+    def vocabulary(self, keypoints: Sequence[str] | None = None) -> DatasetMeta:
+        """The keypoint meta of the names ``keypoints`` (None: the trained vocabulary, :attr:`meta`): prompts,
+        flip pairs and OKS sigmas as :meth:`clamp_pl.spec.ModelSpec.vocabulary` derives them. A concat-head model
+        (CLAMP's) asked for another number of keypoints raises the network's ValueError, which names the head and
+        the way out."""
+        if keypoints is None:
+            return self.meta
+        meta = self.spec.vocabulary(keypoints)
+        if self.net.prompts is None and meta.num_keypoints != self.meta.num_keypoints:
+            raise ValueError(f"the image-only baseline (no text branch) predicts exactly its {self.meta.num_keypoints} "
+                             f"trained keypoints, got {meta.num_keypoints} names")
+        self._features_for(meta)  # CLAMP.set_prompts refuses another count for the concat head, saying why
+        return meta
+
+    def _features_for(self, meta: DatasetMeta) -> torch.Tensor | None:
+        """The text features ``[K, Dt]`` of ``meta``'s prompts (None: the network's own prompts). Computed once per
+        vocabulary with the network's prompts swapped, which are put back at once: the network is left as built."""
+        prompts = tuple(meta.prompts)
+        if self.net.prompts is None or list(prompts) == self.net.prompts:
+            return None
+        if prompts not in self._text_features:
+            own = self.net.prompts
+            try:
+                self.net.set_prompts(list(prompts))
+                self._text_features[prompts] = self.net.text_features().detach().clone()
+            finally:
+                self.net.set_prompts(own)
+        return self._text_features[prompts]
 
     def crop(self, image: np.ndarray, bbox: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cut and normalise the crop of one box.
@@ -168,6 +186,7 @@ class PoseEstimator:
         self,
         images: Sequence[ImageLike] | ImageLike,
         boxes: Sequence[Sequence[Box] | None] | None = None,
+        keypoints: Sequence[str] | None = None,
         flip_test: bool = True,
         batch_size: int = 16,
     ) -> list[list[dict[str, Any]]]:
@@ -178,14 +197,22 @@ class PoseEstimator:
             boxes: per image, a list of boxes (see :func:`_parse_box`: ``[x, y, w, h(, score(, category_id))]``
                 or COCO detection dicts); None (for all images or one image) = one whole-image box
                 ``[0, 0, W, H]`` with score 1; an empty list = no instance.
+            keypoints: the keypoint names to predict, in this order (None: the trained vocabulary). Any names for
+                a prompt-head model (:meth:`vocabulary` derives their prompts and flip pairs); a concat-head model
+                takes only as many as it was trained on.
             flip_test: average with the horizontally flipped crop (flip-back with left/right swap).
             batch_size: crops per forward pass (a flip-tested batch runs 2x as many).
 
         Returns:
             Per image, a list of instances ``{"bbox": [x, y, w, h], "keypoints": float32 [K, 2] (image px),
             "scores": float32 [K] (heatmap maxima), "score": box score x mean(keypoint scores > 0.2),
-            "box_score": float, "category_id": int | None}``.
+            "box_score": float, "category_id": int | None, "names": the K keypoint names, "untrained": the names
+            among them the model was never trained on}``.
         """
+        meta = self.vocabulary(keypoints)
+        untrained = self.spec.untrained(keypoints)
+        if untrained:
+            log.info("keypoints never trained (predicted from their names alone): %s", ", ".join(untrained))
         if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             images = [images]
             boxes = None if boxes is None else [boxes]  # type: ignore[list-item]
@@ -209,7 +236,7 @@ class PoseEstimator:
         if not crops:
             return out
         kpts, kpt_scores = self.predict_crops(np.stack(crops), np.stack(centers), np.stack(scales), flip_test,
-                                              batch_size)
+                                              batch_size, meta)
         inst_scores = rescore(kpt_scores, np.array([b[1] for b in box_info]), RESCORE_THR)
         for n, owner in enumerate(owners):
             xywh, box_score, cat = box_info[n]
@@ -220,31 +247,36 @@ class PoseEstimator:
                 "score": float(inst_scores[n]),
                 "box_score": box_score,
                 "category_id": cat,
+                "names": meta.keypoint_names,
+                "untrained": untrained,
             })
         return out
 
     @torch.no_grad()
     def predict_crops(
         self, crops: np.ndarray, centers: np.ndarray, scales: np.ndarray, flip_test: bool = True,
-        batch_size: int = 16,
+        batch_size: int = 16, meta: DatasetMeta | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Normalised crops ``[N, 3, H, W]`` with their centres/scales ``[N, 2]`` -> keypoints ``[N, K, 2]``
-        (image px) and scores ``[N, K]``."""
+        (image px) and scores ``[N, K]``, for the keypoints of ``meta`` (None: the trained vocabulary)."""
+        meta = meta or self.meta
+        text = self._features_for(meta)
         kpts, scores = [], []
         for s in range(0, len(crops), batch_size):
             batch = torch.from_numpy(crops[s:s + batch_size]).to(self.device)
-            hm = flip_test_heatmaps(lambda x: self.net(x)["heatmaps"], batch, self.spec.flip_indices, flip_test,
-                                    self.spec.shift_heatmap)
+            hm = flip_test_heatmaps(lambda x: self.net(x, text)["heatmaps"], batch, list(meta.flip_indices),
+                                    flip_test, self.spec.shift_heatmap)
             k, sc = decode_heatmaps(self.codec, hm, centers[s:s + batch_size], scales[s:s + batch_size])
             kpts.append(k)
             scores.append(sc)
         return np.concatenate(kpts), np.concatenate(scores)
 
     @torch.no_grad()
-    def score_maps(self, crops: np.ndarray) -> np.ndarray | None:
-        """Cosine score maps ``[N, K, gh, gw]`` (one per prompt, in [-1, 1]) of normalised crops ``[N, 3, H, W]``;
-        None for the image-only baseline."""
-        out = self.net(torch.from_numpy(np.ascontiguousarray(crops)).to(self.device))
+    def score_maps(self, crops: np.ndarray, keypoints: Sequence[str] | None = None) -> np.ndarray | None:
+        """Cosine score maps ``[N, K, gh, gw]`` (one per prompt of ``keypoints``, None: the trained vocabulary; in
+        [-1, 1]) of normalised crops ``[N, 3, H, W]``; None for the image-only baseline."""
+        text = self._features_for(self.vocabulary(keypoints))
+        out = self.net(torch.from_numpy(np.ascontiguousarray(crops)).to(self.device), text)
         maps = out.get("score_maps")
         return None if maps is None else maps.float().cpu().numpy()
 

@@ -186,10 +186,14 @@ def run_prediction(
     visualize: bool = True,
     detector: Detector | None = None,
     scorer: str = "clamp",
+    keypoints: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Predict every job, write ``predictions.json``, ``predictions_<scorer>.csv`` (``.h5``), ``vis/`` and
-    ``errors.json``; ``detector`` (when given) finds the boxes of the jobs. Returns a summary ``{"images",
-    "predicted", "failed", "instances", "errors": [{"file", "error"}], "predictions": path, "csv", "h5"}``."""
+    ``errors.json``; ``detector`` (when given) finds the boxes of the jobs; ``keypoints`` names the keypoints to
+    predict (None: the model's trained vocabulary; see :meth:`PoseEstimator.predict`). Returns a summary
+    ``{"images", "predicted", "failed", "instances", "errors": [{"file", "error"}], "predictions": path, "csv",
+    "h5", "keypoints": the names predicted, "untrained_keypoints": those the model was never trained on}``."""
+    meta = est.vocabulary(keypoints)  # before any work: a concat model asked for another count stops here
     output_dir.mkdir(parents=True, exist_ok=True)
     vis_dir = output_dir / "vis"
     if visualize:
@@ -212,7 +216,7 @@ def run_prediction(
                 for (job, _), dets in zip(loaded, detector([img for _, img in loaded])):
                     job.detections = dets
             preds = est.predict([img for _, img in loaded], [job.detections for job, _ in loaded],
-                                flip_test=flip_test, batch_size=batch_size) if loaded else []
+                                keypoints=keypoints, flip_test=flip_test, batch_size=batch_size) if loaded else []
             for (job, img), instances in zip(loaded, preds):
                 done += 1
                 # the detector's class is a COCO name, not one of the pose model's categories: kept as a label
@@ -223,14 +227,15 @@ def run_prediction(
                 if visualize:
                     vis = vis_dir / Path(job.file_name).with_suffix(".jpg")
                     vis.parent.mkdir(parents=True, exist_ok=True)
-                    save_rgb(vis, draw_instances(img, instances, est.meta["skeleton"], score_threshold))
+                    save_rgb(vis, draw_instances(img, instances, meta.skeleton, score_threshold))
             bar.update(len(jobs[start:start + batch_size]))
     pred_path = write_results(output_dir / "predictions.json", results)
-    names = est.meta["keypoint_names"] or [f"kp{i}" for i in range(len(est.meta["prompts"]))]
     multi = detector is not None or any(job.detections is not None for job in jobs)
-    table = table_from_instances([r for r, _ in rows], [i for _, i in rows], names, scorer, multi)
+    table = table_from_instances([r for r, _ in rows], [i for _, i in rows], list(meta.keypoint_names), scorer,
+                                 multi)
     files = write_pose_table(table, output_dir / f"predictions_{scorer}")
     if errors:
         (output_dir / "errors.json").write_text(json.dumps(errors, indent=1))
     return {"images": len(jobs), "predicted": done, "failed": len(errors), "instances": len(results),
-            "errors": errors, "predictions": pred_path, "csv": files["csv"], "h5": files["h5"]}
+            "errors": errors, "predictions": pred_path, "csv": files["csv"], "h5": files["h5"],
+            "keypoints": list(meta.keypoint_names), "untrained_keypoints": list(est.spec.untrained(keypoints))}

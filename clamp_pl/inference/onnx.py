@@ -49,21 +49,21 @@ class HeatmapModel(nn.Module):
 
 def onnx_metadata(est: PoseEstimator, opset: int) -> dict[str, Any]:
     """What an ONNX consumer needs besides the graph (JSON-serialisable)."""
-    meta = est.meta
+    meta = est.meta.to_dict()
     w, h = est.input_size
+    hw, hh = est.heatmap_size
     return {
         "format": "onnx",
         "opset": opset,
         "inputs": {"images": {"shape": ["batch", 3, h, w], "dtype": "float32",
                               "layout": "NCHW, RGB, (pixel / 255 - mean) / std"}},
-        "outputs": {"heatmaps": {"shape": ["batch", len(meta["prompts"]), meta["heatmap_size"][1],
-                                           meta["heatmap_size"][0]], "dtype": "float32"}},
+        "outputs": {"heatmaps": {"shape": ["batch", len(meta["prompts"]), hh, hw], "dtype": "float32"}},
         "input_size": list(est.input_size),
-        "heatmap_size": list(meta["heatmap_size"]),
-        "normalization": meta["normalization"],
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "box_padding": meta["padding"],
+        "heatmap_size": [hw, hh],
+        "normalization": est.spec.normalization,
+        "mean": list(est.spec.mean),
+        "std": list(est.spec.std),
+        "box_padding": est.padding,
         "decode": {
             "method": "dark" if est.codec.unbiased else "argmax_quarter_offset",
             "note": "argmax per map, score = its value, a quarter heatmap pixel towards the higher neighbour, "
@@ -76,14 +76,10 @@ def onnx_metadata(est: PoseEstimator, opset: int) -> dict[str, Any]:
                     + ("shift them one heatmap pixel right, " if est.spec.shift_heatmap else "")
                     + "average with the original",
         },
-        "keypoint_names": meta["keypoint_names"],
-        "flip_indices": meta["flip_indices"],
-        "prompts": meta["prompts"],
-        "skeleton": [list(p) for p in meta["skeleton"]],
-        "sigmas": meta["sigmas"],
+        **{key: meta[key] for key in ("keypoint_names", "flip_indices", "prompts", "skeleton", "sigmas")},
         "species": {str(k): v for k, v in meta["species"].items()},
-        "dataset_name": meta["dataset_name"],
-        "checkpoint": meta.get("checkpoint", ""),
+        "dataset_name": est.spec.data_name,
+        "checkpoint": est.checkpoint,
     }
 
 

@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from clamp_pl.core.viz import draw_instances
+from clamp_pl.data.metainfo import DatasetMeta
 from clamp_pl.formats.coco import write_results
 from clamp_pl.formats.dlc import table_from_instances, write_pose_table
 from clamp_pl.inference.detector import Detector
@@ -146,9 +147,9 @@ def _detections_by_frame(video: Path, detections: Sequence[dict[str, Any]]) -> d
 class _Outputs:
     """Collects what every frame gave and writes the files of the module docstring."""
 
-    def __init__(self, est: PoseEstimator, video: Path, output_dir: Path, fps: float, frame_step: int,
-                 category_id: int, score_threshold: float, visualize: bool) -> None:
-        self.est, self.video, self.fps, self.frame_step = est, video, fps, frame_step
+    def __init__(self, est: PoseEstimator, meta: DatasetMeta, video: Path, output_dir: Path, fps: float,
+                 frame_step: int, category_id: int, score_threshold: float, visualize: bool) -> None:
+        self.est, self.meta, self.video, self.fps, self.frame_step = est, meta, video, fps, frame_step
         self.category_id, self.score_threshold = category_id, score_threshold
         self.output_dir = output_dir
         self.vis_path = output_dir / f"{video.stem}_pose.mp4" if visualize else None
@@ -179,7 +180,7 @@ class _Outputs:
                 if not self.writer.isOpened():
                     raise RuntimeError(f"{self.vis_path}: OpenCV cannot write mp4v video here "
                                        "(visualize=false skips it)")
-            drawn = draw_instances(frame, instances, self.est.meta["skeleton"], self.score_threshold,
+            drawn = draw_instances(frame, instances, self.meta.skeleton, self.score_threshold,
                                    REACQUIRED_COLOR if reacquired else (255, 255, 255))
             self.writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
@@ -197,8 +198,7 @@ class _Outputs:
             table.writerow(["frame", "time_s", "instance", "box_x", "box_y", "box_w", "box_h", "score",
                             "reacquired"])
             table.writerows(self.box_rows)
-        names = self.est.meta["keypoint_names"] or [f"kp{i}" for i in range(len(self.est.meta["prompts"]))]
-        pose = table_from_instances(self.index, self.instances, names, scorer, multi_animal)
+        pose = table_from_instances(self.index, self.instances, list(self.meta.keypoint_names), scorer, multi_animal)
         files = write_pose_table(pose, self.output_dir / f"{stem}_{scorer}", smoothing)
         return {"predictions": pred_path, "boxes_csv": boxes_path, **files,
                 "video": self.vis_path if self.vis_path is not None and self.index else None}
@@ -222,6 +222,7 @@ def run_video_prediction(
     visualize: bool = True,
     smoothing: dict[str, Any] | None = None,
     scorer: str = "clamp",
+    keypoints: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Predict the frames of ``video`` and write the files of the module docstring.
 
@@ -230,6 +231,8 @@ def run_video_prediction(
         detector: finds the boxes of every frame (``track="none"``) or the candidates of a search (``"follow"``).
         detections: COCO detections, ``image_id`` = frame index (``track="none"`` only).
         score_threshold: keypoints at or below it are not drawn.
+        keypoints: the keypoint names to predict (None: the model's trained vocabulary; see
+            :meth:`PoseEstimator.predict`).
         smoothing: keyword arguments of :func:`clamp_pl.inference.pose_io.smooth_trajectories` (``method``, ``window``,
             ...) for the ``_filtered`` files; None = none written.
 
@@ -237,13 +240,14 @@ def run_video_prediction(
         ``{"frames", "instances", "reacquired" (frame indices), "searched" (frames searched when following),
         "boxes_predicted" (crops, flip test not counted), "seconds" (prediction time, decoding and writing
         excluded), "ms_per_frame", "fps", "predictions", "boxes_csv", "csv", "h5", "filtered_csv", "filtered_h5",
-        "video"}``.
+        "video", "keypoints" (the names predicted), "untrained_keypoints" (those never trained)}``.
     """
     if track not in TRACK_MODES:
         raise ValueError(f"track must be one of {TRACK_MODES}, got {track!r}")
     if track == "follow" and detections is not None:
         raise ValueError("track=follow makes its own boxes from the previous frame: give boxes= only with "
                          "track=none")
+    meta = est.vocabulary(keypoints)  # before any work: a concat model asked for another count stops here
     video = Path(str(video)).expanduser()
     info = video_info(video)
     fps = info["fps"] if info["fps"] > 0 else 25.0
@@ -251,14 +255,14 @@ def run_video_prediction(
     total = -(-info["frames"] // frame_step) if info["frames"] > 0 else None  # frames 0, step, 2 step, ...
     if max_frames is not None and total is not None:
         total = min(total, max_frames)
-    out = _Outputs(est, video, output_dir, fps, frame_step, category_id, score_threshold, visualize)
+    out = _Outputs(est, meta, video, output_dir, fps, frame_step, category_id, score_threshold, visualize)
     stats = _Stats()
     frames = iter_frames(video, frame_step, max_frames)
     if track == "follow":
-        steps = _follow(est, frames, follow, detector, flip_test, batch_size, stats)
+        steps = _follow(est, frames, follow, detector, flip_test, batch_size, stats, keypoints)
     else:
         dets_of = None if detections is None else _detections_by_frame(video, detections)
-        steps = _batched(est, frames, dets_of, detector, flip_test, batch_size, stats)
+        steps = _batched(est, frames, dets_of, detector, flip_test, batch_size, stats, keypoints)
     try:
         with progress(total, video.name, "frame") as bar:
             for frame_step_out in steps:
@@ -271,7 +275,8 @@ def run_video_prediction(
     n = len(out.index)
     return {"frames": n, "instances": len(out.results), "reacquired": stats.reacquired, "searched": stats.searched,
             "boxes_predicted": stats.boxes_predicted, "seconds": stats.seconds,
-            "ms_per_frame": 1000.0 * stats.seconds / max(n, 1), "fps": fps, **files}
+            "ms_per_frame": 1000.0 * stats.seconds / max(n, 1), "fps": fps, **files,
+            "keypoints": list(meta.keypoint_names), "untrained_keypoints": list(est.spec.untrained(keypoints))}
 
 
 @dataclass
@@ -291,12 +296,13 @@ FrameResult = tuple[int, np.ndarray, list[dict[str, Any]], bool | None, list[str
 
 
 def _follow(est: PoseEstimator, frames: Iterator[tuple[int, np.ndarray]], follow: FollowConfig | None,
-            detector: Detector | None, flip_test: bool, batch_size: int, stats: _Stats) -> Iterator[FrameResult]:
+            detector: Detector | None, flip_test: bool, batch_size: int, stats: _Stats,
+            keypoints: Sequence[str] | None = None) -> Iterator[FrameResult]:
     """One animal followed frame after frame: each box from the previous frame's keypoints (one frame at a time,
     since each box depends on the frame before), searched for again when lost."""
 
     def predict_boxes(frame: np.ndarray, boxes: list[list[float]], flip: bool = flip_test) -> list[dict[str, Any]]:
-        return est.predict([frame], [boxes], flip_test=flip, batch_size=batch_size)[0]
+        return est.predict([frame], [boxes], keypoints=keypoints, flip_test=flip, batch_size=batch_size)[0]
 
     def rank_boxes(frame: np.ndarray, boxes: list[list[float]]) -> list[dict[str, Any]]:
         # the many candidates of a search are only ranked: no flip test (half the passes)
@@ -305,7 +311,7 @@ def _follow(est: PoseEstimator, frames: Iterator[tuple[int, np.ndarray]], follow
     def candidates(frame: np.ndarray) -> list[list[float]]:
         return [d["bbox"] for d in detector([frame])[0]] if detector is not None else []
 
-    w_in, h_in = est.meta["input_size"]
+    w_in, h_in = est.input_size
     follower = Follower(predict_boxes, w_in / h_in, follow, candidates if detector else None,
                         search_predict=rank_boxes if flip_test else None)
     for index, frame in frames:
@@ -321,7 +327,7 @@ def _follow(est: PoseEstimator, frames: Iterator[tuple[int, np.ndarray]], follow
 
 def _batched(est: PoseEstimator, frames: Iterator[tuple[int, np.ndarray]],
              dets_of: dict[int, list[dict[str, Any]]] | None, detector: Detector | None, flip_test: bool,
-             batch_size: int, stats: _Stats) -> Iterator[FrameResult]:
+             batch_size: int, stats: _Stats, keypoints: Sequence[str] | None = None) -> Iterator[FrameResult]:
     """Frames in batches of ``batch_size``: boxes from the detections file, the detector (its class labels kept)
     or one whole-frame box each."""
     for batch in iter_batches(frames, batch_size):
@@ -336,7 +342,7 @@ def _batched(est: PoseEstimator, frames: Iterator[tuple[int, np.ndarray]],
             labels = [[d.get("label") for d in dets] for dets in found]
         else:
             boxes = None
-        preds = est.predict(images, boxes, flip_test=flip_test, batch_size=batch_size)
+        preds = est.predict(images, boxes, keypoints=keypoints, flip_test=flip_test, batch_size=batch_size)
         stats.seconds += time.perf_counter() - start
         stats.boxes_predicted += sum(len(p) for p in preds)
         for n, ((index, frame), instances) in enumerate(zip(batch, preds)):

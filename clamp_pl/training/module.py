@@ -1,8 +1,8 @@
 """``PoseLitModule``: the CLAMP network, its losses, flip test, decoding and metrics as a LightningModule.
 
 It is built from a :class:`clamp_pl.spec.ModelSpec` (network, codec, keypoint meta) plus the training-only
-arguments (losses, optimiser, schedule). The spec is saved in the hyper-parameters and, as
-``checkpoint["clamp_spec"]``, in every checkpoint, as primitives: checkpoints load with
+arguments (losses, optimiser, schedule). The spec is saved once, as the ``spec`` hyper-parameter of every
+checkpoint (``checkpoint["hyper_parameters"]["spec"]``), as primitives: checkpoints load with
 ``torch.load(..., weights_only=True)``, and :func:`clamp_pl.inference.checkpoint.load_checkpoint` reads them without
 Lightning.
 """
@@ -23,7 +23,7 @@ from torch import Tensor
 
 from clamp_pl.evaluation.metric import KEYPOINT_PCK_THR, CocoKeypointAP
 from clamp_pl.formats.coco import write_results
-from clamp_pl.inference.checkpoint import SPEC_KEY, load_checkpoint, resolve_checkpoint
+from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint
 from clamp_pl.inference.postprocess import decode_heatmaps, flip_test_heatmaps
 from clamp_pl.models import CLAMPLoss
 from clamp_pl.spec import ModelSpec
@@ -88,9 +88,6 @@ class PoseLitModule(pl.LightningModule):
         # split -> CocoKeypointAP.analysis() of its last evaluation (per-instance OKS, keypoint confusion,
         # per-keypoint PCK): the test-time pictures of KeypointVisCallback read it
         self.eval_analysis: dict[str, dict[str, Any]] = {}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[SPEC_KEY] = self.spec.to_dict()
 
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:

@@ -29,12 +29,12 @@ def sample(tiny_run, data_dir) -> tuple[np.ndarray, dict]:
 
 def test_load_model(est, tiny_run):
     assert not est.net.training and est.spec.num_keypoints == 17
-    assert Path(est.meta["checkpoint"]).parent == tiny_run / "checkpoints"
-    assert est.meta["checkpoint"].endswith(".ckpt") and "epoch_" in est.meta["checkpoint"]  # best, not last
-    assert len(est.meta["prompts"]) == len(est.meta["flip_indices"]) == len(est.meta["sigmas"]) == 17
-    assert est.meta["keypoint_names"] and est.meta["skeleton"] and est.meta["normalization"] == "imagenet"
+    assert Path(est.checkpoint).parent == tiny_run / "checkpoints"
+    assert est.checkpoint.endswith(".ckpt") and "epoch_" in est.checkpoint  # best, not last
+    assert est.meta.to_dict() == est.spec.meta and est.meta.num_keypoints == 17 and est.meta.skeleton
+    assert est.spec.trained_vocabulary == est.meta.keypoint_names and est.spec.normalization == "imagenet"
     again = load_model(tiny_run / "checkpoints" / "last.ckpt", device="cpu")
-    assert again.meta["prompts"] == est.meta["prompts"]
+    assert again.meta.prompts == est.meta.prompts
 
 
 def test_array_equals_png(est, sample, tmp_path):

@@ -53,7 +53,7 @@ def test_onnx_parity(exported, tiny_run, tmp_path):
             out_pt = est.net(x)
         ref = out_pt["heatmaps"].numpy()
         (out,) = sess.run(["heatmaps"], {"images": x.numpy()})
-        assert out.shape == ref.shape == (b, 17, *est.meta["heatmap_size"][::-1])
+        assert out.shape == ref.shape == (b, 17, *est.heatmap_size[::-1])
         assert np.abs(ref).max() > 0.3 and out_pt["score_maps"].abs().max() > 1e-3
         print(f"batch {b}: max |heatmap| {np.abs(ref).max():.3f}, max abs diff {np.abs(out - ref).max():.2e}")
         assert np.abs(out - ref).max() <= 1e-4

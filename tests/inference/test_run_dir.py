@@ -32,10 +32,10 @@ def _best(run: Path) -> Path:
 
 def _legacy_copy(run: Path, dest: Path) -> Path:
     """``dest``: a copy of the run whose best checkpoint is in the format written before checkpoints carried a
-    spec (the network, meta and test settings as PoseLitModule's hyper-parameters; no ``clamp_spec``)."""
+    spec (the network, meta and test settings as PoseLitModule's hyper-parameters; no spec anywhere)."""
     shutil.copytree(run / ".hydra", dest / ".hydra")
     ckpt = torch.load(_best(run), map_location="cpu", weights_only=True)
-    spec = ckpt.pop(SPEC_KEY)
+    spec = ckpt["hyper_parameters"]["spec"]
     meta = spec["meta"]
     ckpt["hyper_parameters"] = {
         "net": {**spec["net"], "heatmap_size": spec["heatmap_size"]},
@@ -130,7 +130,9 @@ def test_resume_from_a_run_dir_whose_last_checkpoint_is_truncated(tiny_run, tmp_
     trainer = objs["trainer"]
     assert trainer.current_epoch == epoch + 2 and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     new_last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert torch.load(new_last, weights_only=True)[SPEC_KEY] == load_checkpoint(tiny_run)[0].to_dict()
+    saved = torch.load(new_last, weights_only=True)
+    # one spec per checkpoint: the hyper-parameter, no second copy
+    assert saved["hyper_parameters"]["spec"] == load_checkpoint(tiny_run)[0].to_dict() and SPEC_KEY not in saved
     assert not [p for p in new_last.parent.iterdir() if p.suffix == ".tmp"]
 
 
@@ -233,7 +235,7 @@ def test_non_default_input_size_run_dir_is_the_model(tmp_path, data_dir):
     assert evaluated == results
 
     est = load_model(run, device="cpu")
-    assert est.input_size == (96, 96) and est.meta["heatmap_size"] == (24, 24)
+    assert est.input_size == (96, 96) and est.heatmap_size == (24, 24)
     ann_file = next((data_dir / "toy_ap10k").rglob("*test*.json"))
     gt = json.loads(ann_file.read_text())
     images = {im["id"]: im for im in gt["images"][:3]}

@@ -61,10 +61,10 @@ def test_cli_video_outputs_match_the_image_api(make_cfg, tiny_run, video, tmp_pa
     for p, d in zip(preds, direct):
         kp = np.array(p["keypoints"]).reshape(-1, 3)
         np.testing.assert_allclose(kp[:, :2], d[0]["keypoints"], atol=2e-3)
-    k = len(est.meta["prompts"])
+    k = est.meta.num_keypoints
     df = pd.read_csv(out / "walk_clamp.csv", header=[0, 1, 2], index_col=0)  # DeepLabCut's analysis layout
     assert df.shape == (4, 3 * k) and df.index.tolist() == [0, 2, 4, 6]
-    assert list(df.columns.get_level_values("bodyparts").unique()) == est.meta["keypoint_names"]
+    assert list(df.columns.get_level_values("bodyparts").unique()) == list(est.meta.keypoint_names)
     np.testing.assert_allclose(df.to_numpy()[0], preds[0]["keypoints"], atol=2e-3)
     with open(out / "walk_boxes.csv") as fh:
         rows = list(csv.reader(fh))
