@@ -14,15 +14,18 @@ read from the config.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from clamp_pl.data.datamodule import DATAMODULES, PoseDataModule, datamodule_class, datamodule_name
 from clamp_pl.data.metainfo import DatasetMeta
+from clamp_pl.inference.qc import fit_pose_prior
 from clamp_pl.spec import SPEC_DATA_KEYS, ModelSpec, make_spec
 from clamp_pl.training.module import PoseLitModule
 
@@ -96,9 +99,22 @@ def build_model(cfg: DictConfig, spec: ModelSpec, load_pretrained: bool = True) 
 
 def build_training(cfg: DictConfig, run_dir: Path | None = None) -> tuple[PoseDataModule, ModelSpec, PoseLitModule]:
     """Datamodule, spec and module of a train config; the datamodule makes its targets with the module's
-    codec object."""
+    codec object.
+
+    The spec records a shape model of the training instances' poses (``pose_prior``,
+    :func:`clamp_pl.inference.qc.fit_pose_prior`) for the label-free pose check of a model file; the training
+    split is loaded here for it (``setup`` keeps what it loaded).
+    """
     dm = build_datamodule(cfg, run_dir)
     spec = build_spec(cfg, dm.ensure_meta(), dm.name)
+    dm.use_spec(spec)
+    dm.setup("fit")
+    train = dm.instances["train"]
+    prior = fit_pose_prior(np.stack([i.keypoints[:, :2] for i in train]),
+                           np.stack([i.keypoints[:, 2] > 0 for i in train])) if train else None
+    spec = dataclasses.replace(spec, pose_prior=prior)
     model = build_model(cfg, spec)
     dm.use_spec(spec, codec=model.codec)
+    for dataset in dm.datasets.values():  # made in setup with the first spec's codec: the same numbers
+        dataset.codec = model.codec
     return dm, spec, model
