@@ -472,7 +472,8 @@ def select_frames(
         poses: ``[T, D]`` the rows' normalised poses (:meth:`VideoQC.normalized_poses`).
         exclude: ``[T]`` True for frames already labelled or proposed.
         candidates: the ``candidates * n`` best rows are clustered into ``n`` groups (:func:`kmeans`), and each
-            group gives its best row; 1 = simply the ``n`` best.
+            group gives its best row (fewer groups, as identical poses make, are filled up with the best of the
+            other candidates); 1 = simply the ``n`` best.
     """
     r = np.asarray(ranking, dtype=np.float64)
     ok = np.isfinite(r)
@@ -487,6 +488,9 @@ def select_frames(
         return pool
     labels = kmeans(np.asarray(poses, dtype=np.float64)[pool], n, seed)
     best = [pool[labels == j][0] for j in np.unique(labels)]  # pool is sorted: the first of a group is its best
+    # identical poses make fewer groups than n: the best of the rest fill up
+    chosen = set(best)
+    best += [i for i in pool if i not in chosen][:n - len(best)]
     return np.asarray(sorted(best, key=lambda i: -r[i]), dtype=int)
 
 
