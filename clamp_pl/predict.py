@@ -1,5 +1,11 @@
 """Predict keypoints on images: ``python -m clamp_pl.predict ckpt_path=<.ckpt or run dir> input=<image, folder or
-glob> [boxes=<detections.json> | detector.enabled=true] [score_threshold=0.3] [flip_test=true] [output_dir=<folder>]``.
+glob> [boxes=<detections.json> | detector.enabled=true] [keypoints=[name,...]] [score_threshold=0.3] [flip_test=true]
+[output_dir=<folder>]``.
+
+Keypoints: ``keypoints=[snout,'left ear',tail_base]`` predicts these names (any names for a model with the prompt
+head, ``model.net.head=prompt``; prompts and flip pairs derived from the names), in this order, in every output;
+null (the default) = the keypoints the model was trained on. The log and the returned summary name the keypoints
+the model was never trained on. A model with CLAMP's concat head takes only as many names as it was trained on.
 
 Input: one image file, every image inside a folder and its subfolders (searched recursively), or a glob pattern
 (``'photos/**/*.jpg'``, quoted; ``**`` spans folders); suffixes in :data:`clamp_pl.api.IMAGE_SUFFIXES`, sorted by
@@ -46,7 +52,7 @@ from omegaconf import DictConfig
 from clamp_pl.cli.config import config_dir
 from clamp_pl.cli.run import exit_on_user_error, task_wrapper
 from clamp_pl.inference.detector import Detector, build_detector
-from clamp_pl.inference.estimator import load_model
+from clamp_pl.inference.estimator import PoseEstimator, load_model
 from clamp_pl.inference.images import (
     AllImagesFailed,
     ImageJob,
@@ -86,13 +92,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             log.warning("%d of %d images have no detection: no prediction for them", empty, len(jobs))
     else:
         jobs = [ImageJob(f, f.relative_to(root).as_posix(), i) for f, i in zip(files, default_ids(files))]
-    est = load_model(cfg.ckpt_path, device=cfg.get("device"))
+    est = _estimator(cfg)
     out = Path(cfg.output_dir)
     summary = run_prediction(
         est, jobs, out, score_threshold=float(cfg.score_threshold), flip_test=bool(cfg.flip_test),
         batch_size=int(cfg.batch_size), category_id=int(cfg.category_id), visualize=bool(cfg.visualize),
-        detector=detector, scorer=str(cfg.get("scorer", "clamp")),
+        detector=detector, scorer=str(cfg.get("scorer", "clamp")), keypoints=_keypoints(cfg),
     )
+    _log_untrained(summary)
     log.info("%d images: %d predicted (%d instances), %d failed; results in %s", summary["images"],
              summary["predicted"], summary["instances"], summary["failed"], out)
     if summary["failed"]:
@@ -101,6 +108,23 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         if summary["failed"] == summary["images"]:
             raise AllImagesFailed(f"all {summary['images']} images failed to load (see {out / 'errors.json'})")
     return summary
+
+
+def _estimator(cfg: DictConfig) -> PoseEstimator:
+    """The model of ``ckpt_path`` on the configured ``backend``: ``torch`` (:func:`load_model` on ``device``) or
+    ``onnx`` (onnxruntime on the CPU, the export at ``onnx``, made there when missing or stale;
+    :func:`clamp_pl.inference.onnx_backend.load_onnx_model`)."""
+    backend = str(cfg.get("backend", "torch"))
+    if backend == "torch":
+        return load_model(cfg.ckpt_path, device=cfg.get("device"))
+    if backend != "onnx":
+        raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+    from clamp_pl.inference.onnx_backend import load_onnx_model
+
+    if cfg.get("device") not in (None, "cpu"):
+        log.warning("backend=onnx runs on the CPU (onnxruntime): device=%s is not used", cfg.device)
+    onnx = cfg.get("onnx") or Path(cfg.output_dir) / "model.onnx"
+    return load_onnx_model(cfg.ckpt_path, onnx, threads=cfg.get("threads"))
 
 
 def _build_detector(cfg: DictConfig) -> Detector | None:
@@ -118,6 +142,23 @@ def _build_detector(cfg: DictConfig) -> Detector | None:
         classes=list(d["classes"]) if d.get("classes") else None, max_detections=int(d.get("max_detections", 10)),
         device=cfg.get("device"),
     )
+
+
+def _keypoints(cfg: DictConfig) -> list[str] | None:
+    """``keypoints``: a list of names, one name, or null (the trained vocabulary)."""
+    names = cfg.get("keypoints")
+    if names is None:
+        return None
+    names = [names] if isinstance(names, str) else [str(n) for n in names]
+    if not names:
+        raise ValueError("keypoints=[] names no keypoint: give names (keypoints=[snout,'left ear']) or null")
+    return names
+
+
+def _log_untrained(summary: dict[str, Any]) -> None:
+    if summary["untrained_keypoints"]:
+        log.warning("keypoints the model was never trained on (predicted from their names alone): %s",
+                    ", ".join(summary["untrained_keypoints"]))
 
 
 def _smoothing(cfg: DictConfig) -> dict[str, Any] | None:
@@ -139,15 +180,16 @@ def _predict_video(cfg: DictConfig) -> dict[str, Any]:
     except TypeError as e:
         raise ValueError(f"follow: {e} (known keys: {sorted(FollowConfig.__dataclass_fields__)})") from e
     detector = _build_detector(cfg)
-    est = load_model(cfg.ckpt_path, device=cfg.get("device"))
+    est = _estimator(cfg)
     out = Path(cfg.output_dir)
     summary = run_video_prediction(
         est, cfg.input, out, track=track, follow=follow, detector=detector, detections=dets,
         frame_step=int(cfg.get("frame_step", 1)), max_frames=cfg.get("max_frames"),
         score_threshold=float(cfg.score_threshold), flip_test=bool(cfg.flip_test), batch_size=int(cfg.batch_size),
         category_id=int(cfg.category_id), visualize=bool(cfg.visualize), smoothing=_smoothing(cfg),
-        scorer=str(cfg.get("scorer", "clamp")),
+        scorer=str(cfg.get("scorer", "clamp")), keypoints=_keypoints(cfg),
     )
+    _log_untrained(summary)
     log.info("%s: %d frames predicted (%d instances, %.1f ms/frame%s); %s, %s%s", cfg.input, summary["frames"],
              summary["instances"], summary["ms_per_frame"],
              f", re-acquired in {len(summary['reacquired'])} frames" if track == "follow" else "",

@@ -160,3 +160,30 @@ def test_run_dir_resolution_skips_a_truncated_checkpoint(tmp_path, caplog):
         resolve_checkpoint(tmp_path, prefer="best")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         resolve_checkpoint(tmp_path / "nope")
+
+
+def test_dataset_meta_round_trips_through_json():
+    meta = get_meta("ap10k")
+    back = type(meta).from_dict(json.loads(json.dumps(meta.to_dict())))  # category ids come back as strings
+    assert back.to_dict() == meta.to_dict() and back.families == meta.families
+    with pytest.raises(ValueError, match="no field 'prompts'"):
+        type(meta).from_dict({k: v for k, v in meta.to_dict().items() if k != "prompts"})
+
+
+def test_vocabulary_of_names_asked_at_run_time():
+    spec = tiny_spec()
+    assert spec.trained_vocabulary == get_meta("ap10k").keypoint_names and spec.head == "concat"
+    assert spec.vocabulary().to_dict() == spec.meta and spec.untrained(None) == ()
+    names = ["nose", "left eye", "R_Eye", "tailTip", "Nearfrontfetlock", "leftEarTip", "right_ear_tip"]
+    meta = spec.vocabulary(names)
+    ap10k = get_meta("ap10k")
+    # trained names (by name or by their prompt) keep the trained prompt and sigma; others are derived from the name
+    assert meta.prompts == ("nose", "left eye", "right eye", "tail tip", "near front fetlock", "left ear tip",
+                            "right ear tip")
+    assert list(meta.sigmas[:3]) == [ap10k.sigmas[2], ap10k.sigmas[0], ap10k.sigmas[1]]
+    assert list(meta.sigmas[3:]) == [0.072] * 4
+    assert meta.flip_pairs == ((1, 2), (5, 6))  # near/off is not a flip side
+    assert set(meta.skeleton) == {(1, 2), (1, 0), (2, 0)}  # AP-10K's eye-eye and eye-nose edges, re-indexed
+    assert spec.untrained(names) == ("tailTip", "Nearfrontfetlock", "leftEarTip", "right_ear_tip")
+    with pytest.raises(ValueError, match="distinct"):
+        spec.vocabulary(["nose", "nose"])

@@ -211,8 +211,6 @@ class PoseEstimator:
         """
         meta = self.vocabulary(keypoints)
         untrained = self.spec.untrained(keypoints)
-        if untrained:
-            log.info("keypoints never trained (predicted from their names alone): %s", ", ".join(untrained))
         if isinstance(images, (str, Path)) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)):
             images = [images]
             boxes = None if boxes is None else [boxes]  # type: ignore[list-item]
