@@ -9,9 +9,11 @@ zero-shot test set scores only the held-out species.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,53 @@ from clamp_pl.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One set of val/test instances scored on its own: its COCO ground truth ``gt`` (keypoints in ``meta``'s
+    order), the ``meta`` whose sigmas, species and flip pairs score it, and the model output ``channels`` that
+    predict ``meta``'s keypoints, in that order (None: all of them, in the model's order). ``name`` suffixes the
+    metrics (``val/AP/<name>``); None for a datamodule's only set."""
+
+    name: str | None
+    gt: dict
+    meta: DatasetMeta
+    channels: tuple[int, ...] | None = None
+    index: int = 0  # the value of the samples' ``dataset`` field that routes them here (0 without the field)
+
+
+def restrict_keypoints(gt: dict, meta: DatasetMeta, keep: Sequence[int]) -> tuple[dict, DatasetMeta]:
+    """The COCO dict and meta holding only the keypoints ``keep`` (indices, in the order given): flat keypoint
+    lists, ``num_keypoints``, category keypoint names and the skeleton are cut to them; flip partners outside
+    ``keep`` become self-partners; ``provenance`` records the cut."""
+    keep = [int(k) for k in keep]
+    pos = {k: i for i, k in enumerate(keep)}
+    out = {**gt, "annotations": [], "categories": []}
+    for ann in gt["annotations"]:
+        kp = [ann["keypoints"][3 * k:3 * k + 3] for k in keep]
+        out["annotations"].append({**ann, "keypoints": [v for row in kp for v in row],
+                                   "num_keypoints": sum(1 for row in kp if row[2] > 0)})
+    for cat in gt.get("categories", []):
+        cat = dict(cat)
+        if "keypoints" in cat:
+            cat["keypoints"] = [cat["keypoints"][k] for k in keep]
+        cat["skeleton"] = [[pos[a - 1] + 1, pos[b - 1] + 1] for a, b in cat.get("skeleton", [])
+                           if a - 1 in pos and b - 1 in pos]
+        out["categories"].append(cat)
+    cut = dataclasses.replace(
+        meta,
+        keypoint_names=tuple(meta.keypoint_names[k] for k in keep),
+        prompts=tuple(meta.prompts[k] for k in keep),
+        flip_indices=tuple(pos.get(meta.flip_indices[k], i) for i, k in enumerate(keep)),
+        sigmas=meta.sigmas[keep],
+        skeleton=tuple((pos[a], pos[b]) for a, b in meta.skeleton if a in pos and b in pos),
+        upper_body_ids=tuple(pos[k] for k in meta.upper_body_ids if k in pos),
+        lower_body_ids=tuple(pos[k] for k in meta.lower_body_ids if k in pos),
+        joint_weights=meta.joint_weights[keep],
+        provenance={**meta.provenance, "keypoints": f"{len(keep)} of the {meta.num_keypoints} of {meta.name}"},
+    )
+    return out, cut
 
 
 def restrict_gt(gt: dict, instances: Sequence[Instance]) -> dict:
@@ -107,6 +156,8 @@ class PoseDataModule(pl.LightningDataModule):
         self.datasets: dict[str, TopDownDataset] = {}
         self.spec: ModelSpec | None = None
         self.codec: MSRAHeatmap | None = None
+        # (model channels, data keypoints) scored instead of all keypoints: set by score_channels
+        self._scored: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     # ---------------------------------------------------------------- files and meta
     def files(self) -> dict[str, tuple[Path, Path]]:
@@ -128,20 +179,22 @@ class PoseDataModule(pl.LightningDataModule):
             self.meta = self.build_meta(files["train"][0])
         return self.meta
 
-    def use_spec(self, spec: ModelSpec, codec: MSRAHeatmap | None = None) -> None:
+    def use_spec(self, spec: ModelSpec, codec: MSRAHeatmap | None = None, *, check_keypoints: bool = True) -> None:
         """Take the model's input size, normalisation, box padding, feature grid and heatmap codec from its spec.
 
         Args:
             spec: the model spec; its keypoints must be this dataset's (same names, same order).
             codec: the codec object to make the targets with (the model's own, so that one object encodes and
                 decodes); None builds it from the spec.
+            check_keypoints: off, the spec may have other keypoints (evaluation by name, :meth:`score_channels`;
+                a dataset inside a multi-dataset one, whose model predicts the union vocabulary).
 
         Raises:
             ValueError: the spec's keypoints are not this dataset's (the message names both).
         """
         meta = self.ensure_meta()
         theirs = tuple(spec.meta["keypoint_names"])
-        if theirs != tuple(meta.keypoint_names):
+        if check_keypoints and theirs != tuple(meta.keypoint_names):
             raise ValueError(
                 f"the model predicts {len(theirs)} keypoints {list(theirs)} but the {self.name} data has "
                 f"{meta.num_keypoints}: {list(meta.keypoint_names)}"
@@ -157,6 +210,24 @@ class PoseDataModule(pl.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: call use_spec(model_spec) before setup(): the input size, "
                                "normalisation and heatmap codec come from the model")
         return self.spec
+
+    def score_channels(self, channels: Sequence[int], keypoints: Sequence[int]) -> None:
+        """Score the model output ``channels[i]`` as this data's keypoint ``keypoints[i]`` and nothing else (a model
+        of another vocabulary, matched by name): the metrics use only those keypoints, with this data's sigmas."""
+        if len(channels) != len(keypoints) or not keypoints:
+            raise ValueError(f"score_channels needs as many channels as keypoints (>= 1), got {len(channels)} and "
+                             f"{len(keypoints)}")
+        self._scored = (tuple(int(c) for c in channels), tuple(int(k) for k in keypoints))
+
+    def eval_sets(self, split: str) -> list[EvalSet]:
+        """The sets the ``split`` ("val" | "test") is scored as: here one, all keypoints or those of
+        :meth:`score_channels`."""
+        meta = self.ensure_meta()
+        if self._scored is None:
+            return [EvalSet(None, self.gt[split], meta)]
+        channels, keypoints = self._scored
+        gt, cut = restrict_keypoints(self.gt[split], meta, keypoints)
+        return [EvalSet(None, gt, cut, channels)]
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -347,6 +418,28 @@ class ToyAP10KDataModule(PoseDataModule):
         return {s: (self._paths[s], self._paths["images"]) for s in SPLITS}
 
 
+class ToyAnimalPoseDataModule(ToyAP10KDataModule):
+    """The procedural toy set with Animal-Pose's 20 keypoints (throat, withers, elbows and knees named as
+    Animal-Pose names them), generated on first use into ``root``; its own ``generator_seed`` (default 1) draws
+    other animals than the AP-10K toy set. The species are the toy's (AP-10K ids and families)."""
+
+    name = "toy_animalpose"
+
+    def __init__(self, *, generator_seed: int = 1, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.generator_seed = generator_seed
+
+    def build_meta(self, train_ann: Path) -> DatasetMeta:
+        toy = get_meta("ap10k")
+        return dataclasses.replace(get_meta("animalpose"), name=self.name, species=dict(toy.species),
+                                   species_to_family=dict(toy.species_to_family))
+
+    def prepare_data(self) -> None:
+        from clamp_pl.data.toy import ensure_toy_animalpose
+
+        self._paths = ensure_toy_animalpose(self.root, seed=self.generator_seed, **self.sizes)
+
+
 class MouseOpenfieldDataModule(PoseDataModule):
     """The 116 real DeepLabCut mouse frames embedded in the package (contiguous test block)."""
 
@@ -521,8 +614,8 @@ class COCODataModule(OwnDataModule):
 #: the datamodules by the registry name a run records (``spec.data["config"]["datamodule"]``): code can move
 #: without breaking old runs, which name their datamodule here rather than by a module path
 DATAMODULES: dict[str, type[PoseDataModule]] = {
-    cls.name: cls for cls in (AP10KDataModule, AnimalPoseDataModule, ToyAP10KDataModule, MouseOpenfieldDataModule,
-                              DLCDataModule, SLEAPDataModule, COCODataModule)
+    cls.name: cls for cls in (AP10KDataModule, AnimalPoseDataModule, ToyAP10KDataModule, ToyAnimalPoseDataModule,
+                              MouseOpenfieldDataModule, DLCDataModule, SLEAPDataModule, COCODataModule)
 }
 
 
@@ -542,3 +635,8 @@ def datamodule_class(key: str) -> type[PoseDataModule]:
 def datamodule_name(key: str) -> str:
     """The registry name of a registry name or ``_target_`` path (see :func:`datamodule_class`)."""
     return datamodule_class(key).name
+
+
+# several datasets trained together: clamp_pl.data.multi builds on the classes above and adds its MultiDataModule
+# to DATAMODULES (whichever of the two modules is imported first)
+import clamp_pl.data.multi  # noqa: E402,F401

@@ -46,7 +46,8 @@ import numpy as np
 
 from clamp_pl.data.metainfo import get_meta
 
-__all__ = ["GENERATOR_VERSION", "TOY_SPECIES", "ToySpecies", "ensure_toy_ap10k", "render_image", "toy_categories"]
+__all__ = ["GENERATOR_VERSION", "TOY_SPECIES", "VOCABULARIES", "ToySpecies", "ensure_toy_animalpose", "ensure_toy_ap10k",
+           "render_image", "toy_categories"]
 
 #: Bump whenever the drawing or the JSON changes, so that stale sets on disk are regenerated.
 GENERATOR_VERSION = 1
@@ -161,7 +162,31 @@ _KP_GROUPS = {
     "eye": (_HEAD,), "nose": (_HEAD,), "neck": (_NECK, _TORSO, _HEAD), "root_of_tail": (_TAIL, _TORSO),
     "shoulder": ("front",), "elbow": ("front",), "front_paw": ("front",),
     "hip": ("back",), "knee": ("back",), "back_paw": ("back",),
+    "ear_base": (_HEAD,), "throat": (_NECK, _HEAD), "withers": (_TORSO, _NECK),
 }
+
+# Animal-Pose keypoint name -> the toy point it names, written as an AP-10K-style name. Both skeletons draw each
+# leg as three points from the body to the paw: Animal-Pose's front elbow / front knee / front paw are the toy's
+# shoulder / elbow / front paw, its back elbow / back knee / back paw the hip / knee / back paw (the
+# conventions recorded in clamp_pl.data.vocabulary.CONVENTIONS).
+_ANIMALPOSE_POINTS = {
+    "L_Eye": "left_eye", "R_Eye": "right_eye", "L_EarBase": "left_ear_base", "R_EarBase": "right_ear_base",
+    "Nose": "nose", "Throat": "throat", "TailBase": "root_of_tail", "Withers": "withers",
+    "L_F_Elbow": "left_shoulder", "R_F_Elbow": "right_shoulder", "L_B_Elbow": "left_hip", "R_B_Elbow": "right_hip",
+    "L_F_Knee": "left_elbow", "R_F_Knee": "right_elbow", "L_B_Knee": "left_knee", "R_B_Knee": "right_knee",
+    "L_F_Paw": "left_front_paw", "R_F_Paw": "right_front_paw", "L_B_Paw": "left_back_paw",
+    "R_B_Paw": "right_back_paw",
+}
+#: the keypoint vocabularies the toy set is written in: the name of their :func:`get_meta` layout
+VOCABULARIES = ("ap10k", "animalpose")
+
+
+def _points(vocabulary: str) -> tuple[str, ...]:
+    """The toy points (AP-10K-style names) of a vocabulary's keypoints, in its order."""
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown toy vocabulary {vocabulary!r}; choices: {list(VOCABULARIES)}")
+    names = get_meta(vocabulary).keypoint_names
+    return names if vocabulary == "ap10k" else tuple(_ANIMALPOSE_POINTS[n] for n in names)
 
 
 def _species_ids() -> dict[str, tuple[int, str]]:
@@ -177,9 +202,10 @@ def _species_ids() -> dict[str, tuple[int, str]]:
     return out
 
 
-def toy_categories() -> list[dict]:
-    """COCO ``categories`` of the toy set: its species with AP-10K ids, names, families, keypoints, skeleton."""
-    meta = get_meta("ap10k")
+def toy_categories(vocabulary: str = "ap10k") -> list[dict]:
+    """COCO ``categories`` of the toy set: its species with AP-10K ids, names and families, and the keypoints and
+    skeleton of ``vocabulary`` (:data:`VOCABULARIES`)."""
+    meta = get_meta(vocabulary)
     ids = _species_ids()
     skeleton = [[a + 1, b + 1] for a, b in meta.skeleton]
     cats = [
@@ -247,6 +273,9 @@ class _Animal:
     pattern_rgb: np.ndarray
     belly_rgb: np.ndarray | None
     coat: np.ndarray
+    # points only the Animal-Pose vocabulary names (ear bases, throat, withers): kept apart from ``keypoints``,
+    # whose key count the occluder placement draws from, so that the AP-10K set stays byte-identical
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _jitter_plan(plan: BodyPlan, sp: ToySpecies, rng: np.random.Generator) -> dict[str, float]:
@@ -341,6 +370,11 @@ def _build_animal(sp: ToySpecies, rng: np.random.Generator) -> _Animal:
                            np.array(sp.mane_rgb, float)))
     ear_base = hc - dh * hl * 0.18 + up * hh * 0.35
     ear_far = ear_base + dh * hl * 0.12 + up * hh * 0.08
+    extra = {
+        "near_ear_base": ear_base, "far_ear_base": ear_far,
+        # the underside of the neck where it meets the head, and the top of the shoulders
+        "throat": neck_end - neck_up * nw * 0.45, "withers": np.array([a * 0.5, -b * 1.0]),
+    }
     es = p["ear_size"]
 
     def ear(base: np.ndarray, shade: float) -> None:
@@ -388,7 +422,7 @@ def _build_animal(sp: ToySpecies, rng: np.random.Generator) -> _Animal:
     else:
         pattern_rgb = np.array(sp.pattern_rgb, float)
     return _Animal(sp, parts, kp, pattern, belly, pattern_rgb,
-                   np.array(sp.belly_rgb, float) if sp.belly_rgb else None, coat)
+                   np.array(sp.belly_rgb, float) if sp.belly_rgb else None, coat, extra)
 
 
 def _pattern_polys(kind: str, rng: np.random.Generator) -> list[np.ndarray]:
@@ -478,8 +512,9 @@ def _place(animal: _Animal, rng: np.random.Generator, size: int, slot: tuple[flo
     affine = np.vstack([lin.T * scale, shift])
     for part in animal.parts:
         part.poly = part.poly @ affine[:2] + affine[2]
-    for key in animal.keypoints:
-        animal.keypoints[key] = animal.keypoints[key] @ affine[:2] + affine[2]
+    for points in (animal.keypoints, animal.extra):
+        for key in points:
+            points[key] = points[key] @ affine[:2] + affine[2]
     return affine, mirror
 
 
@@ -540,7 +575,7 @@ def _occluders(img: np.ndarray, label: np.ndarray, rng: np.random.Generator, anc
 
 
 def _keypoint_table(mirror: int, names: tuple[str, ...]) -> list[tuple[str, tuple]]:
-    """AP-10K keypoint name -> (body-frame key, allowed groups), resolving near/far by the facing."""
+    """AP-10K-style toy point name -> (body-frame key, allowed groups), resolving near/far by the facing."""
     near_side = "right" if mirror > 0 else "left"
     table = []
     for name in names:
@@ -557,14 +592,16 @@ def _keypoint_table(mirror: int, names: tuple[str, ...]) -> list[tuple[str, tupl
     return table
 
 
-def render_image(seed: int, split: int, index: int, size: int = 192) -> tuple[np.ndarray, list[dict]]:
+def render_image(seed: int, split: int, index: int, size: int = 192, vocabulary: str = "ap10k"
+                 ) -> tuple[np.ndarray, list[dict]]:
     """Draw one image (BGR uint8, ``size`` x ``size``) and its instances.
 
-    Returns the image and, per animal, ``{"category_id", "keypoints" (17, 3) float [x, y, v], "bbox" [x, y,
-    w, h]}`` with keypoints in AP-10K order.
+    Returns the image and, per animal, ``{"category_id", "keypoints" (K, 3) float [x, y, v], "bbox" [x, y,
+    w, h]}`` with the keypoints of ``vocabulary`` in its order (AP-10K: K = 17, Animal-Pose: K = 20). The image
+    and boxes do not depend on the vocabulary.
     """
     rng = np.random.default_rng([seed, split, index])
-    meta = get_meta("ap10k")
+    points = _points(vocabulary)
     ids = _species_ids()
     img = _background(rng, size)
     label = np.zeros((size, size), np.uint8)
@@ -591,9 +628,10 @@ def render_image(seed: int, split: int, index: int, size: int = 192) -> tuple[np
 
     instances = []
     for i, (animal, mirror) in enumerate(placed):
-        kps = np.zeros((meta.num_keypoints, 3))
-        for k, (key, groups) in enumerate(_keypoint_table(mirror, meta.keypoint_names)):
-            x, y = (float(v) for v in np.round(animal.keypoints[key], 2))
+        kps = np.zeros((len(points), 3))
+        for k, (key, groups) in enumerate(_keypoint_table(mirror, points)):
+            point = animal.keypoints[key] if key in animal.keypoints else animal.extra[key]
+            x, y = (float(v) for v in np.round(point, 2))
             if not (0 <= x <= size - 1 and 0 <= y <= size - 1):
                 continue  # v = 0: outside the image, not labelled
             # Occluded when something drawn after the keypoint's own parts covers it: an occluder, a later
@@ -612,23 +650,24 @@ def render_image(seed: int, split: int, index: int, size: int = 192) -> tuple[np
 
 
 # -------------------------------------------------------------------------------------------------- dataset files
-def _stamp(seed: int, sizes: dict[str, int], image_size: int) -> dict:
-    return {"generator": "clamp_pl.data.toy", "version": GENERATOR_VERSION, "seed": seed, "image_size": image_size,
-            **{f"n_{k}": v for k, v in sizes.items()}}
+def _stamp(seed: int, sizes: dict[str, int], image_size: int, vocabulary: str) -> dict:
+    stamp = {"generator": "clamp_pl.data.toy", "version": GENERATOR_VERSION, "seed": seed, "image_size": image_size,
+             **{f"n_{k}": v for k, v in sizes.items()}}
+    return stamp if vocabulary == "ap10k" else {**stamp, "vocabulary": vocabulary}
 
 
-def _paths(root: Path) -> dict[str, Path]:
+def _paths(root: Path, vocabulary: str) -> dict[str, Path]:
     ann = root / "annotations"
-    return {**{s: ann / f"toy_ap10k_{s}.json" for s in SPLITS}, "images": root / "images"}
+    return {**{s: ann / f"toy_{vocabulary}_{s}.json" for s in SPLITS}, "images": root / "images"}
 
 
-def _render_split(root: Path, split_idx: int, split: str, n: int, seed: int, size: int
+def _render_split(root: Path, split_idx: int, split: str, n: int, seed: int, size: int, vocabulary: str = "ap10k"
                   ) -> list[tuple[dict, list[dict]]]:
     """Render the ``n`` images of one split, write their JPEGs, return (image, annotations) records."""
     out = []
     for i in range(n):
         image_id = split_idx * _ID_BLOCK + i + 1
-        img, insts = render_image(seed, split_idx, i, size)
+        img, insts = render_image(seed, split_idx, i, size, vocabulary)
         file_name = f"{split}/{image_id:06d}.jpg"
         ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
         if not ok:
@@ -648,20 +687,34 @@ def _render_split(root: Path, split_idx: int, split: str, n: int, seed: int, siz
     return out
 
 
-def _coco_file(split: str, seed: int, records: list[tuple[dict, list[dict]]]) -> dict:
+def _coco_file(split: str, seed: int, records: list[tuple[dict, list[dict]]], vocabulary: str = "ap10k") -> dict:
+    layout = "AP-10K format" if vocabulary == "ap10k" else "AP-10K format with Animal-Pose keypoints"
     return {
-        "info": {"description": f"clamp_pl procedural toy quadrupeds in AP-10K format ({split})",
+        "info": {"description": f"clamp_pl procedural toy quadrupeds in {layout} ({split})",
                  "version": str(GENERATOR_VERSION), "year": 2024, "contributor": "clamp_pl",
                  "seed": seed},
         "licenses": [{"id": 1, "name": "Apache-2.0 (generated data)", "url": ""}],
         "images": [img for img, _ in records],
         "annotations": [a for _, anns in records for a in anns],
-        "categories": toy_categories(),
+        "categories": toy_categories(vocabulary),
     }
 
 
 def ensure_toy_ap10k(root: str | Path, seed: int = 0, n_train: int = 1200, n_val: int = 150, n_test: int = 150,
                      image_size: int = 192) -> dict[str, Path]:
+    """Generate the toy set into ``root`` unless an identical one is already there (see :func:`ensure_toy`)."""
+    return ensure_toy(root, seed, n_train, n_val, n_test, image_size, vocabulary="ap10k")
+
+
+def ensure_toy_animalpose(root: str | Path, seed: int = 1, n_train: int = 1200, n_val: int = 150,
+                          n_test: int = 150, image_size: int = 192) -> dict[str, Path]:
+    """The toy set with Animal-Pose's 20 keypoints (``annotations/toy_animalpose_{split}.json``); its default seed
+    draws other animals than the AP-10K set's, so that the two are two datasets (see :func:`ensure_toy`)."""
+    return ensure_toy(root, seed, n_train, n_val, n_test, image_size, vocabulary="animalpose")
+
+
+def ensure_toy(root: str | Path, seed: int = 0, n_train: int = 1200, n_val: int = 150, n_test: int = 150,
+               image_size: int = 192, vocabulary: str = "ap10k") -> dict[str, Path]:
     """Generate the toy set into ``root`` unless an identical one is already there.
 
     Args:
@@ -669,6 +722,7 @@ def ensure_toy_ap10k(root: str | Path, seed: int = 0, n_train: int = 1200, n_val
         seed: generator seed; the same seed gives byte-identical JSON files and images.
         n_train, n_val, n_test: number of IMAGES per split (about 1.25 instances per image).
         image_size: square image side in pixels.
+        vocabulary: the keypoints written (:data:`VOCABULARIES`); the images do not depend on it.
 
     Returns:
         ``{"train": json, "val": json, "test": json, "images": image folder}`` (``file_name`` is relative to
@@ -679,9 +733,10 @@ def ensure_toy_ap10k(root: str | Path, seed: int = 0, n_train: int = 1200, n_val
     if any(n < 1 or n >= _ID_BLOCK for n in sizes.values()) or image_size < 64:
         raise ValueError(f"toy set needs 1 <= n < {_ID_BLOCK} images per split and image_size >= 64, got "
                          f"{sizes}, image_size={image_size}")
-    paths = _paths(root)
+    _points(vocabulary)
+    paths = _paths(root, vocabulary)
     stamp_file = root / "toy_stamp.json"
-    stamp = _stamp(int(seed), sizes, int(image_size))
+    stamp = _stamp(int(seed), sizes, int(image_size), vocabulary)
     if stamp_file.is_file() and all(paths[s].is_file() for s in SPLITS):
         try:
             if json.loads(stamp_file.read_text()) == stamp:
@@ -698,8 +753,8 @@ def ensure_toy_ap10k(root: str | Path, seed: int = 0, n_train: int = 1200, n_val
     for split_idx, split in enumerate(SPLITS):
         # One process: drawing costs ~8 ms CPU per image (~13 s for the default 1,500 images), less than it
         # would take to make worker processes safe in every caller (notebooks, unguarded scripts, DDP).
-        records = _render_split(root, split_idx, split, sizes[split], int(seed), int(image_size))
-        coco = _coco_file(split, int(seed), records)
+        records = _render_split(root, split_idx, split, sizes[split], int(seed), int(image_size), vocabulary)
+        coco = _coco_file(split, int(seed), records, vocabulary)
         tmp = paths[split].with_name(f".{paths[split].name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(coco, separators=(",", ":")))
         os.replace(tmp, paths[split])

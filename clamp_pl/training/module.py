@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from clamp_pl.data.datamodule import EvalSet
 from clamp_pl.evaluation.metric import KEYPOINT_PCK_THR, CocoKeypointAP
 from clamp_pl.formats.coco import write_results
 from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint
@@ -84,7 +85,11 @@ class PoseLitModule(pl.LightningModule):
         self._nonfinite_pending: Tensor | None = None  # long []: skipped steps not yet counted on the host
         self._saved_stats: list[Tensor] | None = None
         self._compiled: torch.nn.Module | None = None
-        self.metrics: dict[str, CocoKeypointAP] = {}
+        # split -> the datamodule's evaluation sets (one per dataset of a multi-dataset run) and their metrics
+        self.metrics: dict[str, list[tuple[EvalSet, CocoKeypointAP]]] = {}
+        # dataset index -> its union channels, when batches mix datasets of different keypoints (the loss looks at
+        # each sample's own keypoints only)
+        self.dataset_channels: dict[int, Tensor] = {}
         # split -> CocoKeypointAP.analysis() of its last evaluation (per-instance OKS, keypoint confusion,
         # per-keypoint PCK): the test-time pictures of KeypointVisCallback read it
         self.eval_analysis: dict[str, dict[str, Any]] = {}
@@ -92,16 +97,23 @@ class PoseLitModule(pl.LightningModule):
     # ---------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and getattr(dm, "gt", None):
-            meta = self.spec.dataset_meta()
+        if dm is not None and getattr(dm, "instances", None):
             for split in ("val", "test"):
-                self.metrics[split] = CocoKeypointAP(
-                    dm.gt[split],
-                    meta.sigmas.tolist(),
-                    species=meta.species,
-                    families=meta.families,
-                    flip_pairs=list(meta.flip_pairs),
-                ).to(self.device)
+                self.metrics[split] = []
+                for eval_set in dm.eval_sets(split):
+                    # a set of all the model's keypoints is scored with the model's meta (as trained)
+                    whole = eval_set.name is None and eval_set.channels is None
+                    meta = self.spec.dataset_meta() if whole else eval_set.meta
+                    self.metrics[split].append((eval_set, CocoKeypointAP(
+                        eval_set.gt,
+                        meta.sigmas.tolist(),
+                        species=meta.species,
+                        families=meta.families,
+                        flip_pairs=list(meta.flip_pairs),
+                    ).to(self.device)))
+            sets = self.metrics["val"]
+            if len(sets) > 1:
+                self.dataset_channels = {s.index: torch.as_tensor(s.channels, device=self.device) for s, _ in sets}
         if self.hparams.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.hparams.compile and stage == "fit" and self._compiled is None:
@@ -129,12 +141,12 @@ class PoseLitModule(pl.LightningModule):
             if self._saved_stats is None:
                 self._saved_stats = [s.clone() for s in self._running_stats()]
             out = self(batch["image"])
-            losses = self.criterion(out, batch)
+            losses = self._losses(out, batch)
             bad = ~torch.isfinite(losses["loss"].detach())
             self._loss_nonfinite = bad if self._loss_nonfinite is None else self._loss_nonfinite | bad
         else:
             out = self(batch["image"])
-            losses = self.criterion(out, batch)
+            losses = self._losses(out, batch)
         loss = losses["loss"]
         bs = batch["image"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items() if k != "loss"}, batch_size=bs)
@@ -142,6 +154,26 @@ class PoseLitModule(pl.LightningModule):
         if out.get("logit_scale") is not None:
             self.log("train/logit_scale", out["logit_scale"].detach(), batch_size=bs)
         return loss
+
+    def _losses(self, out: dict[str, Tensor | None], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The losses of a batch; a batch that mixes datasets (``batch["dataset"]`` [B]) is scored per dataset on
+        its own keypoints: the sum over datasets d of the losses of the channels of d with the weights of the
+        other datasets' samples zeroed. The losses are means over all B x K_d entries, so that sum is the
+        sample-weighted mean of each dataset's own loss, computed without a host sync."""
+        if "dataset" not in batch or not self.dataset_channels:
+            return self.criterion(out, batch)
+        total: dict[str, Tensor] = {}
+        for index, channels in self.dataset_channels.items():
+            mine = (batch["dataset"] == index).to(batch["keypoint_weights"].dtype)[:, None]  # [B, 1]
+            sub_out = {k: (v[:, channels] if k in ("heatmaps", "spatial_heatmaps", "prompt_embeddings")
+                           and v is not None else v) for k, v in out.items()}
+            sub_batch = {**batch, "heatmaps": batch["heatmaps"][:, channels],
+                         "keypoint_weights": batch["keypoint_weights"][:, channels] * mine,
+                         "peak_index": batch["peak_index"][:, channels],
+                         "peak_weights": batch["peak_weights"][:, channels] * mine}
+            for k, v in self.criterion(sub_out, sub_batch).items():
+                total[k] = total[k] + v if k in total else v
+        return total
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the update when any rank's loss or any (all-reduced) gradient is non-finite.
@@ -206,11 +238,19 @@ class PoseLitModule(pl.LightningModule):
 
     def _eval_step(self, batch: dict[str, Tensor], split: str) -> None:
         hm = self.predict_heatmaps(batch["image"])
-        kpts, scores = self.decode(hm, batch["center"], batch["scale"])
-        if split in self.metrics:
-            self.metrics[split].update(
-                batch["ann_id"], batch["image_id"], batch["category_id"], torch.from_numpy(kpts),
-                torch.from_numpy(scores), areas=batch["scale"].prod(-1),  # padded crop box, as mmpose's NMS
+        for eval_set, metric in self.metrics.get(split, []):
+            # each set scores its own samples on the channels that predict its keypoints
+            rows = slice(None) if "dataset" not in batch else (batch["dataset"] == eval_set.index).nonzero()[:, 0]
+            if eval_set.channels is None:
+                heatmaps = hm[rows]
+            else:
+                heatmaps = hm[rows][:, list(eval_set.channels)]
+            if heatmaps.shape[0] == 0:
+                continue
+            kpts, scores = self.decode(heatmaps, batch["center"][rows], batch["scale"][rows])
+            metric.update(
+                batch["ann_id"][rows], batch["image_id"][rows], batch["category_id"][rows], torch.from_numpy(kpts),
+                torch.from_numpy(scores), areas=batch["scale"][rows].prod(-1),  # padded crop box, as mmpose's NMS
             )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -220,39 +260,65 @@ class PoseLitModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
-        metric = self.metrics.get(split)
-        if metric is None:
+        """Log each evaluation set's metrics: ``<split>/<metric>`` for a datamodule's only set; for several
+        (one per dataset), ``<split>/<metric>/<dataset>`` and the mean over the datasets of each metric they all
+        have as ``<split>/<metric>`` (``val/AP``, the checkpoint metric, is the mean AP). Test outputs go to
+        ``predictions/`` (``predictions/<dataset>/`` per dataset)."""
+        sets = self.metrics.get(split)
+        if not sets:
             return {}
-        values = metric.compute()
-        analysis = self.eval_analysis[split] = metric.analysis()
-        for k, v in values.items():
+        logged: dict[str, float] = {}
+        per_set: list[dict[str, Any]] = []
+        for eval_set, metric in sets:
+            values = metric.compute()
+            analysis = metric.analysis()
+            suffix = "" if eval_set.name is None else f"/{eval_set.name}"
+            if eval_set.name is None:
+                self.eval_analysis[split] = analysis
+            for k, v in values.items():
+                logged[f"{split}/{k}{suffix}"] = v
+            per_set.append(values)
+            if split == "test" and self.trainer.is_global_zero:
+                self._write_test_outputs(Path(self.trainer.default_root_dir) / "predictions" / suffix.lstrip("/"),
+                                         metric, values, analysis, eval_set, suffix)
+            metric.reset()
+        if len(sets) > 1:
+            shared = set.intersection(*(set(v) for v in per_set))
+            for k in sorted(shared):
+                vals = [v[k] for v in per_set]
+                if "/" not in k and all(isinstance(x, (int, float)) and math.isfinite(x) for x in vals):
+                    logged[f"{split}/{k}"] = float(np.mean(vals))
+        for k, v in logged.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
-                self.log(f"{split}/{k}", float(v), prog_bar=k == "AP", sync_dist=False, rank_zero_only=False)
-        if split == "test" and self.trainer.is_global_zero:
-            out = Path(self.trainer.default_root_dir) / "predictions"
-            out.mkdir(parents=True, exist_ok=True)
-            write_results(out / "test_predictions.json", metric.coco_results())
-            (out / "test_metrics.json").write_text(json.dumps(values, indent=1))
-            names = list(self.spec.meta["keypoint_names"])
-            table = analysis.get("keypoint_pck")
-            if table:
-                (out / "test_keypoint_pck.json").write_text(json.dumps({
-                    "threshold": KEYPOINT_PCK_THR, "keypoints": names,
-                    "pck": {k: [None if np.isnan(v) else float(v) for v in row] for k, row in table.items()}},
-                    indent=1))
-            confusion = analysis.get("keypoint_confusion")
-            if confusion is not None:
-                (out / "test_keypoint_confusion.json").write_text(json.dumps({
-                    "keypoints": names,
-                    "rows": "predicted keypoint", "columns": "labelled keypoint nearest to the prediction",
-                    "counts": confusion.tolist()}, indent=1))
-            rows = [[k.split("/", 1)[1], float(v)] for k, v in values.items() if k.startswith("AP_species/")]
-            for lg in self.trainer.loggers:
-                if rows and hasattr(lg, "log_table"):  # W&B
-                    lg.log_table(key="test/AP_species", columns=["species", "AP"], data=rows)
-        self.last_metrics = {f"{split}/{k}": v for k, v in values.items()}
-        metric.reset()
-        return values
+                self.log(k, float(v), prog_bar=k == f"{split}/AP", sync_dist=False, rank_zero_only=False)
+        self.last_metrics = logged
+        return logged
+
+    def _write_test_outputs(self, out: Path, metric: CocoKeypointAP, values: dict[str, Any],
+                            analysis: dict[str, Any], eval_set: EvalSet, suffix: str) -> None:
+        """``test_predictions.json`` (COCO results), ``test_metrics.json``, the per-keypoint PCK and confusion
+        tables of one evaluation set in ``out``; the per-species AP table to W&B."""
+        out.mkdir(parents=True, exist_ok=True)
+        write_results(out / "test_predictions.json", metric.coco_results())
+        (out / "test_metrics.json").write_text(json.dumps(values, indent=1))
+        whole = eval_set.name is None and eval_set.channels is None
+        names = list(self.spec.meta["keypoint_names"]) if whole else list(eval_set.meta.keypoint_names)
+        table = analysis.get("keypoint_pck")
+        if table:
+            (out / "test_keypoint_pck.json").write_text(json.dumps({
+                "threshold": KEYPOINT_PCK_THR, "keypoints": names,
+                "pck": {k: [None if np.isnan(v) else float(v) for v in row] for k, row in table.items()}},
+                indent=1))
+        confusion = analysis.get("keypoint_confusion")
+        if confusion is not None:
+            (out / "test_keypoint_confusion.json").write_text(json.dumps({
+                "keypoints": names,
+                "rows": "predicted keypoint", "columns": "labelled keypoint nearest to the prediction",
+                "counts": confusion.tolist()}, indent=1))
+        rows = [[k.split("/", 1)[1], float(v)] for k, v in values.items() if k.startswith("AP_species/")]
+        for lg in self.trainer.loggers:
+            if rows and hasattr(lg, "log_table"):  # W&B
+                lg.log_table(key=f"test/AP_species{suffix}", columns=["species", "AP"], data=rows)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -304,10 +370,14 @@ class PoseLitModule(pl.LightningModule):
     def load_weights_from(self, path: str | Path) -> Path:
         """Initialise the network from the weights of a run dir (its best checkpoint), a checkpoint or a model
         file (``init_from``): no optimiser, no epoch. The text-token buffers are not in the state dict, so a model
-        trained on other keypoint names loads too; tensors whose shape differs (another K) are reported and left
-        as initialised. Returns the file read."""
+        trained on other keypoint names loads too: the network's prompts are this run's keypoint names, the learned
+        context tokens come from the file. With the prompt head (``model.net.head=prompt``) on both sides no
+        tensor depends on K and every one loads ("0 skipped"); with CLAMP's concat head the tensors whose shape
+        differs (another K) are reported and left as initialised, and a concat head of the same K trained on other
+        names is loaded with a warning (its channel k was trained for the starting point's k-th keypoint).
+        Returns the file read."""
         file = resolve_checkpoint(path, prefer="best")
-        _, state = load_checkpoint(file)
+        start, state = load_checkpoint(file)
         own = self.net.state_dict()
         loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         skipped = sorted(set(state) - set(loadable))
@@ -315,4 +385,14 @@ class PoseLitModule(pl.LightningModule):
         self.net.load_state_dict(loadable, strict=False)
         log.info("init_from %s: %d tensors loaded, %d skipped (%s), %d left as initialised", file, len(loadable),
                  len(skipped), ", ".join(skipped[:5]), len(missing))
+        if start.head != self.spec.head:
+            log.warning("init_from %s: the starting point has the %s head and this network the %s head, so the "
+                        "keypoint head starts as initialised; model.net.head=%s loads it too", file, start.head,
+                        self.spec.head, start.head)
+        elif (self.spec.head == "concat" and start.num_keypoints == self.spec.num_keypoints
+              and start.trained_vocabulary != self.spec.trained_vocabulary):
+            log.warning("init_from %s: the concat head's %d channels were trained for %s, and start here as %s, in "
+                        "this order; model.net.head=prompt ties each heatmap to its keypoint's name instead", file,
+                        start.num_keypoints, ", ".join(start.trained_vocabulary),
+                        ", ".join(self.spec.trained_vocabulary))
         return file
