@@ -10,7 +10,15 @@ A DeepLabCut (DLC) project keeps its labels per video in ``labeled-data/<video>/
 Rows start with the frame path, either in one column (``labeled-data/m4s1/img0000.png``) or, since DLC 2.3, in
 three index columns (``labeled-data``, ``m4s1``, ``img0000.png``). Empty cells mean "not labelled".
 lightning-pose projects keep the same format in one ``CollectedData.csv`` at the project root, covering every
-video: pass that file.
+video: pass that file. DeepLabCut also keeps each table as ``CollectedData_<scorer>.h5`` (a pandas MultiIndex
+table): it is read where there is no CSV, and compared with the CSV where there are both.
+
+Reading (:func:`read_dlc_labels`) checks every cell as the COCO reader checks its records: a coordinate that is
+not a finite number, half a point (x without y), a row whose cell count differs from the header's or a frame
+listed twice is a :class:`~clamp_pl.core.errors.DataError` naming the file, the row (line and frame path) and the
+column (``individual/bodypart/coord``), or with ``on_error="skip"`` a dropped row listed in ``skipped``. The CSV
+is read cell by cell rather than with ``pandas.read_csv``, which pads a row cut short with NaN: its lost labels
+would read as "not labelled".
 
 Conversion (:func:`dlc_to_coco`): every label CSV of the project, one category (name configurable,
 ``keypoints`` = the body-part names, ``skeleton`` from ``config.yaml`` when it defines one), ``v = 2`` for
@@ -800,9 +808,9 @@ def _check_twin(table: DLCLabels) -> None:
     if not twin_path.is_file():
         return
     try:
-        diff = _twin_disagreement(table, read_dlc_labels(twin_path, on_error="skip"))
+        diff = _twin_disagreement(table, read_dlc_labels(twin_path))
     except DataError as err:
-        diff = f"the twin cannot be read ({err})"
+        diff = f"{twin_path.name} does not pass the checks ({err})"
     if diff is not None:
         newer = path if path.stat().st_mtime >= twin_path.stat().st_mtime else twin_path
         log.warning("%s and %s disagree: %s. Converting %s (%s was saved last); DeepLabCut trains from the .h5: "

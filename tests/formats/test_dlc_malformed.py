@@ -249,3 +249,12 @@ def test_csv_and_h5_that_disagree_are_named(tmp_path, caplog):
     openfield_h5_twin(csv_path)  # the twins agree again: not a word
     dlc_to_coco(csv_path.parents[2], tmp_path / "again")
     assert not [r for r in caplog.records if "disagree" in r.getMessage()]
+
+
+def test_a_bad_h5_twin_is_named_beside_the_csv_converted(tmp_path, caplog):
+    csv_path = openfield_dlc_project(tmp_path / "openfield")
+    h5 = openfield_h5_twin(csv_path)
+    _set(FRAME, ("Pranav", "snout", "x"), np.inf)(pd.read_hdf(h5)).to_hdf(h5, key="df_with_missing", mode="w")
+    dlc_to_coco(csv_path.parents[2], tmp_path / "out")
+    warning = next(r.getMessage() for r in caplog.records if "disagree" in r.getMessage())
+    assert f"CollectedData_Pranav.h5 does not pass the checks ({h5}: row 3 (frame {FRAME}), column snout/x" in warning
