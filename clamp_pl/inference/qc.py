@@ -709,10 +709,12 @@ def find_outliers(
     bodyparts = qcs[0].bodyparts
     skeleton = [tuple(p) for p in estimators[0].spec.meta.get("skeleton", [])]
     if proposals:
-        target = project if project is not None else output_dir / "proposals"
-        target.mkdir(parents=True, exist_ok=True)
-        report["proposals"] = write_proposals(target, proposals, bodyparts, fmt if project is not None else "coco",
-                                              scorer, skeleton)
+        if project is None:
+            target, fmt = output_dir / "proposals", "coco"
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target = project
+        report["proposals"] = write_proposals(target, proposals, bodyparts, fmt, scorer, skeleton)
     else:
         report["proposals"] = None
     return report
