@@ -198,11 +198,15 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
 
 def flops_of(fn: Callable[[], Any]) -> int:
     """Floating-point operations of one call of ``fn`` (``torch.utils.flop_counter``: matrix products,
-    convolutions and attention, forward and backward; element-wise ops are not counted)."""
+    convolutions and attention, forward and backward; element-wise ops are not counted).
+
+    ``fn`` runs with autograd on even under ``torch.no_grad()``: the counter's module tracker hooks every module
+    input that requires grad, and a view of a parameter made under no_grad (timm's attention-pool query,
+    ``latent.expand``) requires grad without a grad_fn, which the hook rejects. The count is the same."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, torch.enable_grad():
         fn()
     return counter.get_total_flops()
 

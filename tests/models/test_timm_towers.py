@@ -371,23 +371,26 @@ _OPENAI_MEAN, _OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.
     ],
 )
 def test_model_configs_compose_to_a_spec(make_cfg, model, clip_model, mean, std):
-    """Every tower config gets 64x64 heatmaps at 256 px from its network geometry, and the mean/std its tower was
-    trained with (data.normalization: tower) as numbers in the spec, through a JSON round trip; its pretrained tag
-    is an open_clip tag of the architecture (checked, not downloaded). data.normalization still overrides."""
+    """``python -m clamp_pl.train experiment=supervised_ap10k model=<tower config>`` composes; every tower config gets
+    64x64 heatmaps at 256 px from its network geometry, and the mean/std its tower was trained with
+    (data.normalization: tower) as numbers in the spec, through a JSON round trip; its pretrained tag is an open_clip
+    tag of the architecture (checked, not downloaded). data.normalization still overrides."""
     from clamp_pl.cli.build import build_spec
     from clamp_pl.data.metainfo import get_meta
 
-    cfg = make_cfg(f"model={model}")
+    cfg = make_cfg("experiment=supervised_ap10k", f"model={model}", fast=False)
+    assert cfg.data._target_.endswith("AP10KDataModule")
     net = cfg.model.net
     assert net.clip_model == clip_model and net.drop_path_mode == "sample"
     assert open_clip.get_pretrained_cfg(clip_model, net.pretrained)
-    spec = build_spec(cfg, get_meta("ap10k"), "toy_ap10k")
+    spec = build_spec(cfg, get_meta("ap10k"), "ap10k")
     assert list(spec.heatmap_size) == [64, 64] and spec.input_size == (256, 256)
     assert cfg.data.normalization == "tower"
     d = json.loads(json.dumps(spec.to_dict()))
     assert d["normalization"] == {"name": "tower", "mean": pytest.approx(mean), "std": pytest.approx(std)}
     assert ModelSpec.from_dict(d).mean == pytest.approx(tuple(mean))
-    imagenet = build_spec(make_cfg(f"model={model}", "data.normalization=imagenet"), get_meta("ap10k"), "toy_ap10k")
+    imagenet = build_spec(make_cfg("experiment=supervised_ap10k", f"model={model}", "data.normalization=imagenet",
+                                   fast=False), get_meta("ap10k"), "ap10k")
     assert imagenet.mean == (0.485, 0.456, 0.406)
 
 
