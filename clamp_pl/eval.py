@@ -1,11 +1,20 @@
 """Evaluate a trained model: ``python -m clamp_pl.eval ckpt_path=<run dir, .ckpt or model file>
-[split=val|test] [flip_test=true|false] [data=<dataset>] [protocol=<protocol>]``.
+[split=val|test] [flip_test=true|false] [data=<dataset>] [protocol=<protocol>] [keypoints=[names]]``.
 
 The checkpoint's model spec gives the network, the preprocessing (input size, normalisation, box padding), the
 codec and, unless ``data=`` is given, the data the model was trained on with its split protocol, so the run's own
-test numbers are reproduced with nothing else on the command line. A ``data=`` override must have the model's
-keypoints (same names, same order) and the model's normalisation and padding; ``protocol=`` replaces the split
-protocol. ``model=`` is an error: the network is the checkpoint's.
+test numbers are reproduced with nothing else on the command line. A ``data=`` override is evaluated with the
+model's normalisation and padding; ``protocol=`` replaces the split protocol. ``model=`` is an error: the network
+is the checkpoint's.
+
+Across vocabularies: when the data names its keypoints otherwise than the model (``data=animalpose`` for an
+AP-10K model), or ``keypoints=[...]`` asks for some of the data's keypoints only, the model is scored on the
+keypoints the two share by name (:func:`clamp_pl.data.vocabulary.match_vocabularies`: normalised names and the
+synonym table; never by position), with the data's sigmas: ``test/AP``, ... on the matched subset
+(``test/keypoints_matched`` of them). The mapping and the unmatched names are logged and written to
+``vocabulary_mapping.json``. A model whose head takes its keypoints from its prompts (``head=prompt``) is also
+asked for every data keypoint by its name (the model's prompt for a matched one, the data's for the others) and
+scored on all of them: ``test/open/AP``, ... (files under ``open/``).
 
 Writes ``results.json`` (every metric, per-species and per-family AP included, flat ``{"test/AP": ...}``) and
 ``predictions/`` (COCO results) in its run dir. Given a run dir, its best checkpoint is used.
@@ -13,9 +22,11 @@ Writes ``results.json`` (every metric, per-species and per-family AP included, f
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +46,8 @@ from clamp_pl.cli.run import (
     write_json,
 )
 from clamp_pl.data.datamodule import PoseDataModule
+from clamp_pl.data.metainfo import DatasetMeta
+from clamp_pl.data.vocabulary import VocabularyMatch, keypoint_indices, match_vocabularies
 from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint, run_config_file
 from clamp_pl.spec import LEGACY_DATA_KEYS, SPEC_DATA_KEYS, ModelSpec
 from clamp_pl.training.module import PoseLitModule
@@ -97,13 +110,88 @@ def build_eval_datamodule(cfg: DictConfig, spec: ModelSpec, ckpt: Path, run_dir:
     return build_datamodule(None, run_dir, data=data)  # type: ignore[arg-type]
 
 
-def load_module(ckpt: str | Path) -> tuple[PoseLitModule, Path]:
-    """``PoseLitModule`` rebuilt from a checkpoint's spec and weights (nothing downloaded), and the file read."""
+def load_module(ckpt: str | Path, meta: DatasetMeta | None = None) -> tuple[PoseLitModule, Path]:
+    """``PoseLitModule`` rebuilt from a checkpoint's spec and weights (nothing downloaded), and the file read; with
+    ``meta``, asked for that meta's keypoints (a prompt-head model: its prompts are the meta's)."""
     file = resolve_checkpoint(ckpt, prefer="best")
     spec, state = load_checkpoint(file)
+    if meta is not None:
+        spec = dataclasses.replace(spec, meta=meta.to_dict())
     model = PoseLitModule(spec=spec)
     model.net.load_state_dict(state)
     return model, file
+
+
+def open_vocabulary_meta(data: DatasetMeta, keep: Sequence[int], match: VocabularyMatch, model_prompts: Sequence[str]
+                         ) -> DatasetMeta:
+    """The data keypoints ``keep`` as a prompt-head model is asked for them: a keypoint matched to one of the
+    model's (``match`` is over the kept names) keeps the model's prompt, any other is asked by the data's prompt;
+    the data's sigmas and flip pairs."""
+    from clamp_pl.data.datamodule import restrict_keypoints
+
+    _, cut = restrict_keypoints({"annotations": []}, data, keep)
+    prompts = list(cut.prompts)
+    for s, t in match.pairs:
+        prompts[t] = model_prompts[s]
+    return dataclasses.replace(cut, prompts=tuple(prompts))
+
+
+def _is_prompt_head(model: PoseLitModule) -> bool:
+    return getattr(model.net, "head", None) == "prompt"
+
+
+def _test(model: PoseLitModule, dm: PoseDataModule, cfg: DictConfig, root: Path, loggers: list) -> tuple[
+        pl.Trainer, dict[str, float]]:
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[], default_root_dir=str(root))
+    if cfg.split == "val":
+        trainer.validate(model, datamodule=dm)
+    else:
+        trainer.test(model, datamodule=dm)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{cfg.split}/")}
+    metrics.update({k: v for k, v in getattr(model, "last_metrics", {}).items() if isinstance(v, float)})
+    return trainer, metrics
+
+
+def evaluate_by_name(cfg: DictConfig, model: PoseLitModule, ckpt: Path, run_dir: Path, loggers: list
+                     ) -> tuple[pl.Trainer, dict[str, float], PoseDataModule]:
+    """Score ``model`` on the data keypoints it shares by name with the data of ``cfg`` (``cfg.keypoints``: only
+    those), and a prompt-head model also on all of them (``<split>/open/...``); writes
+    ``vocabulary_mapping.json``. See the module docstring."""
+    split = cfg.split
+    dm = build_eval_datamodule(cfg, model.spec, ckpt, run_dir)
+    data = dm.ensure_meta()
+    asked = None if cfg.get("keypoints") is None else [str(n) for n in cfg.keypoints]
+    keep = list(range(data.num_keypoints)) if asked is None else keypoint_indices(data, asked)
+    target = [data.keypoint_names[k] for k in keep]
+    match = match_vocabularies(model.spec.trained_vocabulary, target)
+    prompt_head = _is_prompt_head(model)
+    log.info("model %s -> data %s:\n%s", ckpt, dm.name, match.format())
+    mapping = {"model": str(ckpt), "data": dm.name, "model_keypoints": list(match.source),
+               "data_keypoints": target, **match.to_dict(), "open_vocabulary": prompt_head}
+    (run_dir / "vocabulary_mapping.json").write_text(json.dumps(mapping, indent=1))
+    if not match.pairs and not prompt_head:
+        raise ValueError(f"no keypoint of the model matches one of the {dm.name} data by name (mapping in "
+                         f"{run_dir / 'vocabulary_mapping.json'}); a model with head=prompt can be asked for them")
+    metrics: dict[str, float] = {}
+    trainer = None
+    if match.pairs:
+        dm.use_spec(model.spec, codec=model.codec, check_keypoints=False)
+        dm.score_channels(match.source_indices, [keep[t] for t in match.target_indices])
+        trainer, metrics = _test(model, dm, cfg, run_dir, loggers)
+        metrics[f"{split}/keypoints_matched"] = float(len(match.pairs))
+    if prompt_head:
+        meta = open_vocabulary_meta(data, keep, match, model.spec.meta["prompts"])
+        open_model, _ = load_module(ckpt, meta=meta)
+        open_model.flip_test = model.flip_test
+        open_dm = build_eval_datamodule(cfg, open_model.spec, ckpt, run_dir / "open")
+        open_dm.use_spec(open_model.spec, codec=open_model.codec, check_keypoints=False)
+        open_dm.score_channels(range(len(keep)), keep)
+        open_trainer, open_metrics = _test(open_model, open_dm, cfg, run_dir / "open", [])
+        prefix = f"{split}/"
+        metrics.update({f"{split}/open/{k[len(prefix):]}": v for k, v in open_metrics.items()})
+        metrics[f"{split}/open/keypoints"] = float(len(keep))
+        trainer = trainer or open_trainer
+    return trainer, metrics, dm
 
 
 @task_wrapper
@@ -123,16 +211,16 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if cfg.get("flip_test") is not None:
         model.flip_test = bool(cfg.flip_test)
     dm = build_eval_datamodule(cfg, model.spec, ckpt, run_dir)
-    dm.use_spec(model.spec, codec=model.codec)
-    log.info("evaluating %s on the %s split of %s (flip test %s)", ckpt, cfg.split, dm.name, model.flip_test)
     loggers = instantiate_loggers(cfg.get("logger"), run_dir)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
-    if cfg.split == "val":
-        trainer.validate(model, datamodule=dm)
+    same = tuple(dm.ensure_meta().keypoint_names) == model.spec.trained_vocabulary
+    if same and cfg.get("keypoints") is None:
+        dm.use_spec(model.spec, codec=model.codec)
+        log.info("evaluating %s on the %s split of %s (flip test %s)", ckpt, cfg.split, dm.name, model.flip_test)
+        trainer, metrics = _test(model, dm, cfg, run_dir, loggers)
     else:
-        trainer.test(model, datamodule=dm)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{cfg.split}/")}
-    metrics.update({k: v for k, v in getattr(model, "last_metrics", {}).items() if isinstance(v, float)})
+        log.info("evaluating %s on the %s split of %s by keypoint name (flip test %s)", ckpt, cfg.split, dm.name,
+                 model.flip_test)
+        trainer, metrics, dm = evaluate_by_name(cfg, model, ckpt, run_dir, loggers)
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", metrics)
     return metrics, {"trainer": trainer, "model": model, "datamodule": dm, "checkpoint": ckpt}

@@ -27,6 +27,7 @@ from clamp_pl.data.metainfo import DatasetMeta, format_meta_table, get_meta, met
 from clamp_pl.data.protocols import apply_protocol
 from clamp_pl.data.sources import missing_dataset_error
 from clamp_pl.data.transforms import TopDownAugment, TopDownTransform
+from clamp_pl.data.vocabulary import keypoint_indices
 from clamp_pl.formats.coco import Instance, LoadReport, load_coco_instances
 from clamp_pl.spec import ModelSpec
 
@@ -113,6 +114,9 @@ class PoseDataModule(pl.LightningDataModule):
             poor statistics); CLAMP's mmpose loader keeps it (False). Ignored when the split fits one batch.
         on_error: ``"raise"`` stops at setup on the first bad record; ``"skip"`` counts and logs skipped
             records and writes them to ``report_dir/skipped_records.json``.
+        keypoints: train and score only these of the data's keypoints (names, matched as
+            :func:`~clamp_pl.data.vocabulary.keypoint_indices` matches them, in the order given); the others are
+            never labelled for the model. None = all.
     """
 
     name = "coco"
@@ -134,6 +138,7 @@ class PoseDataModule(pl.LightningDataModule):
         sigmas: Sequence[float] | None = None,
         prompts: Sequence[str] | None = None,
         report_dir: str | None = None,
+        keypoints: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -149,6 +154,10 @@ class PoseDataModule(pl.LightningDataModule):
         self.sigmas = list(sigmas) if sigmas is not None else None
         self.prompts = list(prompts) if prompts is not None else None
         self.report_dir = report_dir
+        self.keypoints = None if keypoints is None else [str(n) for n in keypoints]
+        # the layout of the files and the indices of its keypoints kept (data.keypoints)
+        self._file_meta: DatasetMeta | None = None
+        self._keep: list[int] | None = None
         self.meta: DatasetMeta | None = None
         self.instances: dict[str, list[Instance]] = {}
         self.gt: dict[str, dict] = {}
@@ -176,7 +185,11 @@ class PoseDataModule(pl.LightningDataModule):
         if self.meta is None:
             self.prepare_data()
             files = self.files()
-            self.meta = self.build_meta(files["train"][0])
+            self._file_meta = self.build_meta(files["train"][0])
+            self.meta = self._file_meta
+            if self.keypoints is not None:
+                self._keep = keypoint_indices(self._file_meta, self.keypoints, "data.keypoints")
+                self.meta = restrict_keypoints({"annotations": []}, self._file_meta, self._keep)[1]
         return self.meta
 
     def use_spec(self, spec: ModelSpec, codec: MSRAHeatmap | None = None, *, check_keypoints: bool = True) -> None:
@@ -261,8 +274,12 @@ class PoseDataModule(pl.LightningDataModule):
         for split in SPLITS:
             ann, img_dir = files[split]
             insts, gt, report = load_coco_instances(
-                ann, img_dir, meta, train=(split == "train"), on_error=self.on_error
+                ann, img_dir, self._file_meta, train=(split == "train"), on_error=self.on_error
             )
+            if self._keep is not None:
+                insts = [dataclasses.replace(i, keypoints=i.keypoints[self._keep]) for i in insts]
+                insts = [i for i in insts if (i.keypoints[:, 2] > 0).any()]
+                gt = restrict_keypoints(gt, self._file_meta, self._keep)[0]
             self.instances[split], self.gt[split], self.reports[split] = insts, gt, report
         self._apply_protocol()
         self._write_reports()

@@ -27,7 +27,8 @@ import numpy as np
 
 from clamp_pl.data.metainfo import DatasetMeta, name_tokens
 
-__all__ = ["CONVENTIONS", "SYNONYMS", "VocabularyMatch", "canonical_name", "match_vocabularies", "union_vocabulary"]
+__all__ = ["CONVENTIONS", "SYNONYMS", "VocabularyMatch", "canonical_name", "keypoint_indices", "match_vocabularies",
+           "union_vocabulary"]
 
 _SIDES = ("left", "right")
 
@@ -73,6 +74,24 @@ def canonical_name(name: str) -> str:
     (``"TailBase"`` and ``"root_of_tail"`` -> "tail base", ``"L_F_Paw"`` -> "left front paw")."""
     side, phrase = _split(name)
     return " ".join(p for p in (side, _CANON.get(phrase, phrase)) if p)
+
+
+def keypoint_indices(meta: DatasetMeta, names: Sequence[str], source: str = "keypoints") -> list[int]:
+    """The indices in ``meta`` of the keypoints ``names`` (by :func:`canonical_name`: ``"left eye"`` finds
+    ``L_Eye``), in the order given.
+
+    Raises:
+        ValueError: a name is not one of ``meta``'s, or is given twice (the message names ``source``).
+    """
+    where = {canonical_name(n): i for i, n in enumerate(meta.keypoint_names)}
+    missing = [n for n in names if canonical_name(n) not in where]
+    if missing:
+        raise ValueError(f"{source}={list(names)}: {missing} are not keypoints of {meta.name} "
+                         f"({list(meta.keypoint_names)})")
+    found = [where[canonical_name(n)] for n in names]
+    if len(set(found)) != len(found) or not found:
+        raise ValueError(f"{source}={list(names)} must name distinct keypoints of {meta.name}, at least one")
+    return found
 
 
 @dataclass(frozen=True)

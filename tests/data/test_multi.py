@@ -135,3 +135,18 @@ def test_restrict_keypoints_cuts_gt_and_meta():
     assert cut_gt["categories"][0]["keypoints"] == ["nose", "right_eye", "left_eye"]
     assert cut_gt["categories"][0]["skeleton"] == [[3, 2], [3, 1]]
     assert cut.flip_indices == (0, 2, 1) and list(cut.sigmas) == [meta.sigmas[k] for k in keep]
+
+
+def test_data_keypoints_trains_on_some_names_only(tmp_path):
+    names = [n for n in get_meta("animalpose").keypoint_names if n not in ("L_B_Knee", "R_B_Knee")]
+    dm = ToyAnimalPoseDataModule(root=str(tmp_path), n_train=8, n_val=4, n_test=4, keypoints=names, **LOADER)
+    dm.use_spec(make_spec(TINY_NET, dm.ensure_meta(), normalization="imagenet", padding=1.25, sigma=2.0,
+                          decode="default", shift_heatmap=True, flip_test=True))
+    dm.setup("fit")
+    assert dm.meta.keypoint_names == tuple(names) and dm.meta.num_keypoints == 18
+    assert all(i.keypoints.shape == (18, 3) for i in dm.instances["train"])
+    assert all(len(a["keypoints"]) == 54 for a in dm.eval_sets("test")[0].gt["annotations"])
+    assert dm.datasets["train"][0]["heatmaps"].shape[0] == 18
+    with pytest.raises(ValueError, match=r"data.keypoints=.*\['tail tip'\] are not keypoints"):
+        ToyAnimalPoseDataModule(root=str(tmp_path), n_train=8, n_val=4, n_test=4, keypoints=["tail tip"],
+                                **LOADER).ensure_meta()
