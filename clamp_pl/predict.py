@@ -7,6 +7,10 @@ head, ``model.net.head=prompt``; prompts and flip pairs derived from the names),
 null (the default) = the keypoints the model was trained on. The log and the returned summary name the keypoints
 the model was never trained on. A model with CLAMP's concat head takes only as many names as it was trained on.
 
+Backend: ``backend=onnx`` runs the model's ONNX export with onnxruntime on the CPU (made at ``onnx``, default
+``<output_dir>/model.onnx``, when missing or older than the checkpoint; :mod:`clamp_pl.inference.onnx_backend`), the
+trained keypoints only; ``backend=torch`` (the default) the PyTorch network on ``device``.
+
 Input: one image file, every image inside a folder and its subfolders (searched recursively), or a glob pattern
 (``'photos/**/*.jpg'``, quoted; ``**`` spans folders); suffixes in :data:`clamp_pl.api.IMAGE_SUFFIXES`, sorted by
 path. File names in the outputs are relative to the folder (for a glob, to its longest folder without a
