@@ -260,9 +260,10 @@ class PoseLitModule(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, split: str) -> dict[str, float]:
-        """Log each evaluation set's metrics: ``<split>/<metric>`` for a datamodule's only set; for several
-        (one per dataset), ``<split>/<metric>/<dataset>`` and the mean over the datasets of each metric they all
-        have as ``<split>/<metric>`` (``val/AP``, the checkpoint metric, is the mean AP). Test outputs go to
+        """Log each evaluation set's metrics: ``<split>/<metric>`` for a datamodule's only set; for the named sets
+        of a multi-dataset datamodule (one per dataset), ``<split>/<metric>/<dataset>`` and the mean over the
+        datasets of each metric they all have as ``<split>/<metric>`` (``val/AP``, the checkpoint metric, is the
+        mean AP). Test outputs go to
         ``predictions/`` (``predictions/<dataset>/`` per dataset)."""
         sets = self.metrics.get(split)
         if not sets:
@@ -282,7 +283,7 @@ class PoseLitModule(pl.LightningModule):
                 self._write_test_outputs(Path(self.trainer.default_root_dir) / "predictions" / suffix.lstrip("/"),
                                          metric, values, analysis, eval_set, suffix)
             metric.reset()
-        if len(sets) > 1:
+        if any(eval_set.name is not None for eval_set, _ in sets):
             shared = set.intersection(*(set(v) for v in per_set))
             for k in sorted(shared):
                 vals = [v[k] for v in per_set]
