@@ -3,8 +3,9 @@
 prints the Markdown table. The method (interleaved timing, peak memory, threads, allocator) and the cases are
 described in ``docs/benchmarks.md``.
 
-Cases (``--only``): data, train, text, flip, eval. ``--quick`` skips the ViT-B/16 and RN50 models (about a minute
-instead of 10-15 minutes on 2 cores). The output holds exactly the cases of this run: point ``--out`` elsewhere for
+Cases (``--only``): data, train, text, flip, eval, towers (inference speed of every tower config, its table in
+``docs/benchmarks_towers.md``). ``--quick`` skips the ViT-B/16 and RN50 models and every tower but MobileCLIP2-S0
+(about a minute instead of 10-15 minutes on 2 cores, and 10-15 more for the towers). The output holds exactly the cases of this run: point ``--out`` elsewhere for
 partial runs.
 """
 
@@ -23,12 +24,13 @@ from benchmarks.cases.data import bench_data
 from benchmarks.cases.eval import bench_eval
 from benchmarks.cases.flip import bench_flip
 from benchmarks.cases.text import bench_text
+from benchmarks.cases.towers import QUICK_TOWERS, TOWERS, bench_towers, write_towers_page
 from benchmarks.cases.train import bench_train
 from benchmarks.fixtures import DEFAULT_REPEATS, HEAVY_MODELS, MODELS
 from benchmarks.harness import log, reexec_with_runtime_env
 from benchmarks.report import REPO, Row, machine_info, write_outputs
 
-CASES = ("data", "train", "text", "flip", "eval")
+CASES = ("data", "train", "text", "flip", "eval", "towers")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--models", default=",".join(MODELS), help=f"models for train/text/flip: {','.join(MODELS)}"
     )
+    ap.add_argument("--towers", default=",".join(TOWERS), help=f"tower configs of the towers case: {','.join(TOWERS)}")
     ap.add_argument(
         "--repeats",
         type=int,
@@ -53,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.only = [c for c in args.only.split(",") if c]
     args.models = [m for m in args.models.split(",") if m and not (args.quick and m in HEAVY_MODELS)]
-    for name, valid in (("--only", CASES), ("--models", MODELS)):
+    args.towers = [t for t in args.towers.split(",") if t and not (args.quick and t not in QUICK_TOWERS)]
+    for name, valid in (("--only", CASES), ("--models", MODELS), ("--towers", TOWERS)):
         bad = set(getattr(args, name[2:])) - set(valid)
         if bad:
             ap.error(f"{name}: unknown {sorted(bad)}; choices: {list(valid)}")
@@ -85,6 +89,11 @@ def run(args: argparse.Namespace, argv_is_ours: bool = False) -> tuple[list[Row]
                 rows += bench_flip(args.models, args.repeats, args.batch)
             elif case == "eval":
                 rows += bench_eval(args.repeats, args.eval_instances, args.eval_images, work)
+            elif case == "towers":
+                tower_rows, table = bench_towers(args.towers, args.repeats)
+                rows += tower_rows
+                argv = " ".join(sys.argv[1:]) if argv_is_ours else ""
+                write_towers_page(table, info, f"python -m benchmarks.cpu {argv}".strip(), args.out)
             log(f"case {case} done in {time.perf_counter() - t0:.0f} s")
     argv = " ".join(sys.argv[1:]) if argv_is_ours else ""
     settings = {
