@@ -30,7 +30,12 @@ import torch
 
 from clamp_pl.cli.build import build_datamodule, build_spec
 from clamp_pl.cli.config import compose_config, project_root
-from clamp_pl.inference.checkpoint import load_checkpoint, resolve_checkpoint, save_model_file
+from clamp_pl.inference.checkpoint import (
+    load_checkpoint,
+    read_checkpoint_file,
+    resolve_checkpoint,
+    save_model_file,
+)
 from clamp_pl.spec import ModelSpec
 from clamp_pl.tools.demo import PRETRAINED, PRETRAINED_PROMPT, measure_pretrained
 
@@ -62,6 +67,12 @@ def git_commit() -> str:
     return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "-uno") else "")
 
 
+def trained_epochs(run_dir: Path, best: Path) -> int:
+    """Epochs the run trained: its ``last.ckpt``'s (else the best checkpoint's) epoch counter + 1."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return int(read_checkpoint_file(last if last.is_file() else best)["epoch"]) + 1
+
+
 def run_provenance(run_dir: Path) -> dict:
     """How a finished run was made: its command line (``.hydra/overrides.yaml``) and wall time (its log)."""
     import yaml
@@ -75,7 +86,9 @@ def run_provenance(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, help="convert this finished run dir instead of training")
+    parser.add_argument("--run", type=Path, help="convert this run dir (finished, or stopped: its best checkpoint) "
+                        "instead of training; a run dir without .hydra/ (made by this script) needs --head and the "
+                        "overrides it was trained with")
     parser.add_argument("--head", choices=sorted(EXPERIMENTS), default="concat",
                         help="keypoint head of the starting point (default: %(default)s)")
     parser.add_argument("--out", type=Path, help=f"model file to write (default: {PRETRAINED} for concat, "
@@ -102,8 +115,14 @@ def main(argv: list[str] | None = None) -> None:
         made["train_seconds"] = round(time.time() - start, 1)
     else:
         run_dir = args.run
-        made = {**run_provenance(run_dir), "code": args.code or "not recorded"}
-        overrides = made.pop("overrides")
+        if (run_dir / ".hydra" / "overrides.yaml").is_file():
+            made = {**run_provenance(run_dir), "code": args.code or "not recorded"}
+            overrides = made.pop("overrides")
+        else:  # a run of this script: its overrides are the experiment of --head and the ones given again here
+            command = ["python scripts/pretrain_toy.py", *(["--head", args.head] if args.head != "concat" else []),
+                       *args.overrides]
+            made = {"command": " ".join(command) + f" (converted with --run {run_dir.name})",
+                    "code": args.code or "not recorded", "train_seconds": None}
     cfg = compose_config("train", [*overrides, "extras.print_config=false"], run_dir)
     ckpt = resolve_checkpoint(run_dir, prefer="best")
     _, state = load_checkpoint(ckpt)
@@ -123,8 +142,11 @@ def main(argv: list[str] | None = None) -> None:
         "seed": int(cfg.seed),
         "data": json.loads(stamp_file.read_text()),
         "protocol": {"name": "zeroshot", "held_out_families": list(cfg.protocol.held_out_families)},
-        "epochs": int(cfg.trainer.max_epochs),
+        # what was trained (a run stopped early has fewer epochs than max_epochs): from its last checkpoint
+        "epochs": trained_epochs(run_dir, ckpt),
+        "max_epochs": int(cfg.trainer.max_epochs),
         "source_checkpoint": ckpt.name,
+        "source_epoch": int(read_checkpoint_file(ckpt)["epoch"]) + 1,
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "processor": platform.processor() or platform.machine(), "torch": torch.__version__},
         "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
