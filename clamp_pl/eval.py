@@ -106,7 +106,10 @@ def build_eval_datamodule(cfg: DictConfig, spec: ModelSpec, ckpt: Path, run_dir:
     else:
         data = _run_data_config(spec, ckpt)
         if cfg.get("protocol") is not None:
-            data["protocol"] = OmegaConf.to_container(cfg.protocol, resolve=True)
+            protocol = OmegaConf.to_container(cfg.protocol, resolve=True)
+            # a multi-dataset run: every dataset takes the protocol
+            for node in data["datasets"].values() if "datasets" in data else [data]:
+                node["protocol"] = protocol
     return build_datamodule(None, run_dir, data=data)  # type: ignore[arg-type]
 
 
