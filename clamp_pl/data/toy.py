@@ -25,8 +25,12 @@ byte-identical for a given seed and independent of how many images are drawn bef
   ``v = 2`` visible. Coverage is read from a per-pixel label map of which body part was drawn last.
 * Boxes are the extent of the animal's full silhouette (occluded parts included), clipped to the image.
 
+The same animals can be written in Animal-Pose's 20 keypoints (``ensure_toy_animalpose``; the images do not depend
+on the vocabulary): ear bases, throat and withers besides the shared points, and each leg's three points named as
+Animal-Pose names them (front/back elbow, knee, paw: the toy's shoulder/hip, elbow/knee and paw).
+
 Coordinates: keypoint (x, y) in pixels with pixel centres at integers (mmpose convention), rounded to 0.01.
-Layout under ``root``: ``annotations/toy_ap10k_{train,val,test}.json``, ``images/{split}/{image_id:06d}.jpg``
+Layout under ``root``: ``annotations/toy_{ap10k,animalpose}_{train,val,test}.json``, ``images/{split}/{image_id:06d}.jpg``
 (``file_name`` is relative to ``images/``) and ``toy_stamp.json`` (generator version + parameters). A second
 call with the same parameters returns at once; other parameters regenerate the set.
 """
