@@ -146,6 +146,19 @@ class Runner:
             net.zero_grad(set_to_none=True)
         return self.flops[variant]
 
+    def throughput(self, batch: int, compiled: bool) -> dict[str, Any]:
+        """CLAMP's training step on a synthetic batch of ``batch`` images, eager or ``torch.compile`` (compiled
+        afresh for this batch size: a static graph, not the dynamic-shape recompile a second size would get)."""
+        net = self.nets["clamp"]
+        data = {k: t.to(self.device)
+                for k, t in synthetic_batch(net, batch, self.cfg["spec"].heatmap_size).items()}
+        if compiled:
+            torch._dynamo.reset()
+        res = self.time_steps(self.make_step("clamp", compiled=compiled), lambda: data, batch=batch)
+        per_image = self.count_flops("clamp") / self.args.batch
+        res["mfu"] = per_image * batch / res["step_s"] / (self.args.peak_tflops * 1e12)
+        return res
+
     def over_budget(self, need_s: float = 0.0) -> bool:
         """Whether a piece expected to take ``need_s`` would end past ``--budget-s``."""
         return time.perf_counter() - self.t0 + need_s > self.args.budget_s

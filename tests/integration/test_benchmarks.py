@@ -87,3 +87,21 @@ def test_cpu_benchmark_eval_text_train(tmp_path):
     md = (tmp_path / "benchmarks.md").read_text()
     assert md.startswith(preamble) and "an earlier run" not in md and md.count("## Results") == 1
     assert md.count("\n| eval |") == 2 and md.count("\n| train |") == 2 and "**Machine:**" in md
+
+
+def test_check_gpu_dry_run_writes_the_report(tmp_path):
+    """``make check-gpu`` end to end on the CPU: the gpu tests are collected and skipped with the reason, the
+    benchmark and the throughput rows run tiny, and the one report (Markdown + JSON) is written."""
+    _run("benchmarks.check_gpu", "--dry-run", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["dry_run"] and report["failures"] == []
+    tests = report["tests"]["tests"]
+    assert len(tests) >= 10 and {t["outcome"] for t in tests} == {"skipped"}
+    assert all("needs a CUDA device" in t["detail"] or "needs 2 CUDA devices" in t["detail"] for t in tests)
+    eager = [r for r in report["throughput"] if not r["compiled"]]
+    assert [r["batch"] for r in eager] == [2, 4] and all(r["images_per_s"] > 0 for r in eager)
+    assert all(r["skipped"] for r in report["throughput"] if r["compiled"])
+    assert 0.0 <= report["benchmark"]["data_wait_share"]["clamp"] <= 1.0
+    assert (tmp_path / "benchmarks_gpu.md").is_file()
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "DRY RUN" in md and "**Result:** passed" in md and md.count("| skipped |") == len(tests)
