@@ -63,11 +63,11 @@ docs: $(STAMP) ## the user guide: mkdocs build --strict (warnings are errors) in
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP) ## ruff check
-	$(VENV)/bin/ruff check clamp_pl tests scripts
+	$(VENV)/bin/ruff check clamp_pl tests scripts benchmarks
 
 format: $(STAMP) ## ruff format + autofix
-	$(VENV)/bin/ruff check --fix clamp_pl tests scripts
-	$(VENV)/bin/ruff format clamp_pl tests scripts
+	$(VENV)/bin/ruff check --fix clamp_pl tests scripts benchmarks
+	$(VENV)/bin/ruff format clamp_pl tests scripts benchmarks
 
 clean: ## remove caches and build leftovers (keeps .venv and logs)
 	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
