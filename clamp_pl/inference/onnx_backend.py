@@ -67,7 +67,9 @@ class OnnxPoseEstimator(PoseEstimator):
         (inp,), (out,) = self.session.get_inputs(), self.session.get_outputs()
         w, h = self.input_size
         hw, hh = self.heatmap_size
-        if list(inp.shape[1:]) != [3, h, w] or list(out.shape[1:]) != [self.meta.num_keypoints, hh, hw]:
+        # dims the exporter left symbolic (a string: e.g. the heatmap size of a timm trunk built with a dynamic
+        # image size) are not checked
+        if not (_dims_match(inp.shape[1:], [3, h, w]) and _dims_match(out.shape[1:], [self.meta.num_keypoints, hh, hw])):
             raise ValueError(f"{self.onnx_path}: graph maps {inp.shape} -> {out.shape}, but the model spec "
                              f"({self.checkpoint or 'given'}) has input [*, 3, {h}, {w}] and "
                              f"{self.meta.num_keypoints} heatmaps of {hh}x{hw}: an export of another model?")
@@ -106,6 +108,11 @@ class OnnxPoseEstimator(PoseEstimator):
     def score_maps(self, crops: np.ndarray, keypoints: Sequence[str] | None = None) -> np.ndarray | None:
         raise ValueError(f"{self.onnx_path}: the ONNX graph outputs heatmaps only; score maps need the PyTorch "
                          "backend (clamp_pl.api.load_model)")
+
+
+def _dims_match(dims: Sequence[int | str | None], expected: Sequence[int]) -> bool:
+    """ONNX dims against ``expected``: equal length, and every fixed (int) dim equal."""
+    return len(dims) == len(expected) and all(not isinstance(d, int) or d == e for d, e in zip(dims, expected))
 
 
 def _export_is_current(onnx_path: Path, checkpoint: Path) -> bool:

@@ -16,6 +16,7 @@ from conftest import FAST_OVERRIDES, compose_cfg
 from clamp_pl.api import load_model
 from clamp_pl.inference.estimator import PoseEstimator
 from clamp_pl.inference.onnx import export_onnx, verify_onnx
+from clamp_pl.inference.onnx_backend import OnnxPoseEstimator
 from clamp_pl.spec import ModelSpec
 
 #: tiny open_clip config of each family (clamp_pl/models/model_configs), at 128 px with clamp_tiny's heads
@@ -81,6 +82,11 @@ def test_tiny_tower_trains_reloads_exports_and_rebuilds(tmp_path, data_dir, clip
         peak = est.net(torch.randn(2, 3, *est.input_size[::-1]))["heatmaps"].abs().max()
     assert peak > 0.1
     assert verify_onnx(est, path) <= 1e-4
+    # ... and runs behind the predict surface (predict backend=onnx) with the same keypoints
+    onnx_est = OnnxPoseEstimator(est.spec, path)
+    for a, b in zip(est.predict(images, boxes), onnx_est.predict(images, boxes)):
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(y["keypoints"], x["keypoints"], atol=1e-3)
     assert json.loads(path.with_suffix(".json").read_text())["mean"] == pytest.approx(list(module.spec.mean))
 
     # the spec (through JSON) rebuilds the same network: every weight loads strictly, same outputs
