@@ -365,6 +365,7 @@ def run_video_qc(
     *,
     track: str = "none",
     follow: FollowConfig | None = None,
+    boxes: np.ndarray | None = None,
     frame_step: int = 1,
     max_frames: int | None = None,
     batch_size: int = 16,
@@ -376,8 +377,9 @@ def run_video_qc(
     ``spec.pose_prior``).
 
     Args:
-        track: ``"none"`` = one whole-frame box per frame; ``"follow"`` = each box from the previous frame's
-            keypoints (:class:`clamp_pl.inference.tracking.Follower`, settings ``follow``).
+        track: ``"none"`` = one whole-frame box per frame (or ``boxes``); ``"follow"`` = each box from the
+            previous frame's keypoints (:class:`clamp_pl.inference.tracking.Follower`, settings ``follow``).
+        boxes: ``[T, 4]`` one box (xywh image pixels) per frame read, with ``track="none"``.
         progress: called with the number of frames done after each step.
     """
     if not estimators:
@@ -404,6 +406,8 @@ def run_video_qc(
 
     frames = iter_frames(video, frame_step, max_frames)
     if track == "follow":
+        if boxes is not None:
+            raise ValueError("track=follow makes its own boxes: give boxes only with track='none'")
         w_in, h_in = est.input_size
 
         def predict(frame: np.ndarray, boxes: list[list[float]]) -> list[dict[str, Any]]:
@@ -413,11 +417,20 @@ def run_video_qc(
         for index, frame in frames:
             add([(index, frame)], [follower.step(frame).instance])
     elif track == "none":
+        done = 0
         for batch in iter_batches(frames, batch_size):
-            boxes = [[0.0, 0.0, float(f.shape[1]), float(f.shape[0])] for _, f in batch]
-            add(batch, _instances(_predict_boxes(est, [f for _, f in batch], boxes, batch_size), boxes))
+            if boxes is None:
+                cut = [[0.0, 0.0, float(f.shape[1]), float(f.shape[0])] for _, f in batch]
+            else:
+                cut = [list(map(float, b)) for b in boxes[done:done + len(batch)]]
+                if len(cut) < len(batch):
+                    raise ValueError(f"{video}: {len(boxes)} boxes for more frames than that")
+            done += len(batch)
+            add(batch, _instances(_predict_boxes(est, [f for _, f in batch], cut, batch_size), cut))
     else:
         raise ValueError(f"track must be 'none' or 'follow', got {track!r}")
+    if boxes is not None and len(boxes) != len(rows):
+        raise ValueError(f"{video}: {len(boxes)} boxes for {len(rows)} frames read")
     insts = [inst for _, inst in rows]
     kpts = np.stack([np.asarray(i["keypoints"], dtype=np.float64) for i in insts])
     members = None

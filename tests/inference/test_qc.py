@@ -160,5 +160,12 @@ def test_video_qc_csv_picture_and_ensemble(tmp_path):
     assert float(rows[3]["flip"]) == pytest.approx(qc.per_frame["flip"][3], abs=1e-5)
     png = plot_qc(qc, tmp_path / "walk_qc.png", ranking, picked=[1])
     assert png.stat().st_size > 1000
-    single = run_video_qc([b], video, max_frames=3)
+    given = np.array([[4, 4, 30, 30], [10, 6, 40, 36], [20, 8, 30, 30]], float)
+    single = run_video_qc([b], video, max_frames=3, boxes=given)
     assert set(single.per_frame) == {"confidence", "flip", "jump"}  # no prior, one model
+    np.testing.assert_array_equal(single.boxes, given)
+    frames = [f for _, f in iter_frames(video, 1, 3)]
+    np.testing.assert_allclose(single.keypoints, np.stack([r[0]["keypoints"] for r in b.predict(
+        frames, [[g.tolist()] for g in given])]), atol=1e-3)
+    with pytest.raises(ValueError, match="2 boxes for more frames"):
+        run_video_qc([b], video, max_frames=3, boxes=given[:2])
