@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from clamp_pl.core.viz import draw_instances, save_rgb
 from clamp_pl.formats.coco import write_results
@@ -27,6 +26,7 @@ from clamp_pl.inference.estimator import (
     coco_result,
     read_image,
 )
+from clamp_pl.inference.progress import progress
 
 log = logging.getLogger("clamp_pl")
 
@@ -202,7 +202,7 @@ def run_prediction(
     errors: list[dict[str, str]] = []
     rows: list[tuple[str, list[dict[str, Any]]]] = []
     done = 0
-    with tqdm(total=len(jobs), desc="predict", unit="img", dynamic_ncols=True) as bar:
+    with progress(len(jobs), "predict", "img") as bar:
         # chunks of images, so that crops of several images share a forward pass
         for start in range(0, len(jobs), batch_size):
             loaded = []
