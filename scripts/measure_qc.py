@@ -5,8 +5,8 @@ in order) are written as an mp4v video and checked with a mouse model trained on
 errors (e.g. ``python -m clamp_pl.train experiment=demo protocol=fewshot protocol.shots=10
 data.batch_size=10 trainer.max_epochs=150``). A frame is wrong when one of its labelled keypoints is further
 than 0.1 of the longer side of the label box (the box made from its labels, as for training) from the label.
-The frames the model (or any ensemble member) was trained on are left out: the tool never proposes labelled
-frames.
+The frames the model (or any ensemble member) was trained on are left out (``--include-trained`` keeps them):
+the tool never proposes labelled frames.
 
 For each signal and the default combination: AUROC of the frame signal for "wrong" (0.5 = random ranking) and
 precision of the 10 highest-ranked frames (random ranking: the share of wrong frames). ``--picture`` writes the QC
@@ -87,6 +87,8 @@ def main() -> None:
     ap.add_argument("--boxes", default="follow", choices=("whole-frame", "follow", "labels"),
                     help="the crop of each frame: the whole frame, following the animal (track=follow), or the box "
                          "made from the frame's labels (the model's own errors, without the tracking's)")
+    ap.add_argument("--include-trained", action="store_true",
+                    help="score the frames the models trained on too (left out by default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None, help="folder for the video and qc.json")
     ap.add_argument("--picture", default=None, help="write the QC picture here")
@@ -108,7 +110,7 @@ def main() -> None:
     visible = np.isfinite(gt).all(-1)
     err = np.linalg.norm(qc.keypoints - gt, axis=-1) / norm[:, None]
     wrong = (np.where(visible, err, 0.0) > THR).any(axis=1)
-    trained = set().union(*(trained_frames(r, names) for r in runs))
+    trained = set() if args.include_trained else set().union(*(trained_frames(r, names) for r in runs))
     keep = np.array([i not in trained for i in range(n)])
 
     signals = {s: qc.per_frame[s] for s in SIGNALS if s in qc.per_frame}
