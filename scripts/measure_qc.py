@@ -132,7 +132,8 @@ def main() -> None:
     write_qc_csv(qc, out / "m4s1_qc.csv", rankings[COMBINED], picked, ~keep)
     if args.picture:
         plot_qc(qc, Path(args.picture), rankings[COMBINED], picked,
-                title=f"{video.name}: quality signals of a 10-frame mouse model (red = 20 frames proposed)")
+                title=f"{video.name}: quality signals, {len(runs)} model(s), {args.boxes} boxes (red = 20 frames "
+                      "proposed)")
     print(f"{n} frames, {len(trained)} trained on left out: {int(keep.sum())} frames, PCK@{THR} {pck:.3f}, "
           f"{int(y.sum())} wrong (a keypoint off by > {THR} of the box); models: {len(runs)}, boxes: {args.boxes}")
     print(f"| signal | AUROC | precision@{TOP} |")
