@@ -384,8 +384,8 @@ class PoseLitModule(pl.LightningModule):
         skipped = sorted(set(state) - set(loadable))
         missing = sorted(set(own) - set(loadable))
         self.net.load_state_dict(loadable, strict=False)
-        log.info("init_from %s: %d tensors loaded, %d skipped (%s), %d left as initialised", file, len(loadable),
-                 len(skipped), ", ".join(skipped[:5]), len(missing))
+        log.info("init_from %s: %d tensors loaded, %d skipped%s, %d left as initialised", file, len(loadable),
+                 len(skipped), f" ({', '.join(skipped[:5])})" if skipped else "", len(missing))
         if start.head != self.spec.head:
             log.warning("init_from %s: the starting point has the %s head and this network the %s head, so the "
                         "keypoint head starts as initialised; model.net.head=%s loads it too", file, start.head,

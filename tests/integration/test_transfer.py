@@ -35,7 +35,7 @@ def _starting_point(path: Path, head: str) -> Path:
 
 def _init_log(caplog) -> tuple[int, int, int]:
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("init_from"))
-    loaded, skipped, left = map(int, re.search(r"(\d+) tensors loaded, (\d+) skipped .* (\d+) left", line).groups())
+    loaded, skipped, left = map(int, re.search(r"(\d+) tensors loaded, (\d+) skipped.*, (\d+) left", line).groups())
     return loaded, skipped, left
 
 
