@@ -150,3 +150,42 @@ def test_data_keypoints_trains_on_some_names_only(tmp_path):
     with pytest.raises(ValueError, match=r"data.keypoints=.*\['tail tip'\] are not keypoints"):
         ToyAnimalPoseDataModule(root=str(tmp_path), n_train=8, n_val=4, n_test=4, keypoints=["tail tip"],
                                 **LOADER).ensure_meta()
+
+
+def test_the_loss_sees_only_each_samples_own_keypoints():
+    from types import SimpleNamespace
+
+    from clamp_pl.models import CLAMPLoss
+    from clamp_pl.training.module import PoseLitModule
+
+    torch.manual_seed(0)
+    b, k, d = 4, 5, 8
+    own = {0: torch.tensor([0, 1, 2]), 1: torch.tensor([2, 3, 4])}  # keypoint 2 is shared by name
+    out = {"heatmaps": torch.rand(b, k, 6, 6), "spatial_heatmaps": torch.rand(b, k, 6, 6),
+           "pixel_embeddings": torch.randn(b, d, 3, 3), "prompt_embeddings": torch.randn(b, k, d),
+           "logit_scale": torch.tensor(10.0)}
+    batch = {"heatmaps": torch.rand(b, k, 6, 6), "keypoint_weights": torch.ones(b, k),
+             "peak_index": torch.randint(0, 9, (b, k)), "peak_weights": torch.ones(b, k),
+             "dataset": torch.tensor([0, 1, 1, 0])}
+    for i, ds in enumerate(batch["dataset"].tolist()):  # a padded sample: zero weight outside its vocabulary
+        mask = torch.ones(k, dtype=torch.bool)
+        mask[own[ds]] = False
+        batch["keypoint_weights"][i, mask] = 0
+        batch["peak_weights"][i, mask] = 0
+    module = SimpleNamespace(criterion=CLAMPLoss(), dataset_channels=own)
+    losses = PoseLitModule._losses(module, out, batch)
+    # each dataset's samples on its own keypoints, weighted by their share of the batch
+    expected = 0.0
+    for ds, chans in own.items():
+        rows = (batch["dataset"] == ds).nonzero()[:, 0]
+        sub_out = {**out, **{key: out[key][rows][:, chans] for key in ("heatmaps", "spatial_heatmaps",
+                                                                       "prompt_embeddings")},
+                   "pixel_embeddings": out["pixel_embeddings"][rows]}
+        sub_batch = {key: batch[key][rows][:, chans] for key in ("heatmaps", "keypoint_weights", "peak_index",
+                                                                 "peak_weights")}
+        expected = expected + len(rows) / b * CLAMPLoss()(sub_out, sub_batch)["loss"]
+    assert losses["loss"] == pytest.approx(float(expected), rel=1e-5)
+    # another dataset's keypoint (a prompt the sample never had) changes nothing: not even as a negative
+    out["prompt_embeddings"][0, 4] = torch.randn(d)
+    out["heatmaps"][0, 3:] = 7.0
+    assert PoseLitModule._losses(module, out, batch)["loss"] == pytest.approx(float(losses["loss"]), rel=1e-6)
