@@ -99,6 +99,8 @@ class MultiDataModule(PoseDataModule):
             not used).
         seed: seeds the ratio sampler.
         report_dir: each dataset writes its reports (``split.json``, ...) to ``report_dir/<slot>``.
+        **for_each: any other setting replaces the same setting of every dataset whose config has it
+            (``debug=tiny``'s ``data.n_train=96`` shrinks every toy set); an error when no dataset has it.
     """
 
     name = "multi"
@@ -116,14 +118,20 @@ class MultiDataModule(PoseDataModule):
         drop_last: bool = True,
         seed: int = 0,
         report_dir: str | None = None,
+        **for_each: Any,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          persistent_workers=persistent_workers, drop_last=drop_last, seed=seed, report_dir=report_dir)
         if not datasets:
             raise ValueError("data.datasets is empty: name at least one dataset (data.datasets.<slot>=<data config>)")
+        unused = sorted(set(for_each) - {k for config in datasets.values() for k in config})
+        if unused:
+            raise ValueError(f"data.{unused[0]} is not a setting of the multi-dataset datamodule nor of any of its "
+                             f"datasets ({sorted(datasets)})")
         self.parts: dict[str, PoseDataModule] = {}
         for slot, config in datasets.items():
-            kw = {k: v for k, v in dict(config).items() if k not in SPEC_DATA_KEYS}
+            config = {**config, **{k: v for k, v in for_each.items() if k in config}}
+            kw = {k: v for k, v in config.items() if k not in SPEC_DATA_KEYS}
             key = kw.pop("datamodule", None) or kw.pop("_target_", None)
             if key is None:
                 raise ValueError(f"data.datasets.{slot} names no datamodule (_target_ or datamodule: one of "

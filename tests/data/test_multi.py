@@ -189,3 +189,11 @@ def test_the_loss_sees_only_each_samples_own_keypoints():
     out["prompt_embeddings"][0, 4] = torch.randn(d)
     out["heatmaps"][0, 3:] = 7.0
     assert PoseLitModule._losses(module, out, batch)["loss"] == pytest.approx(float(losses["loss"]), rel=1e-6)
+
+
+def test_top_level_settings_reach_the_datasets_that_have_them(tmp_path):
+    dm = MultiDataModule(datasets={"a": _toy("toy_ap10k", tmp_path / "a"), "b": _toy("toy_animalpose", tmp_path / "b")},
+                         n_train=5, **LOADER)
+    assert dm.parts["a"].sizes["n_train"] == dm.parts["b"].sizes["n_train"] == 5
+    with pytest.raises(ValueError, match="data.split_seed is not a setting"):
+        MultiDataModule(datasets={"a": _toy("toy_ap10k", tmp_path / "a")}, split_seed=3, **LOADER)
