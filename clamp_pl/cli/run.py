@@ -223,9 +223,10 @@ def count_flops(model: pl.LightningModule) -> dict[str, float]:
     net.eval()
     try:
         with torch.no_grad():
-            if getattr(net, "prompt_learner", None) is not None:
-                net.text_features()  # cached: evaluation computes it once per epoch, not per crop
-            flops = flops_of(lambda: net(torch.zeros(1, 3, size, size, device=device)))
+            # computed once per evaluation epoch, not per crop: passed in, since flops_of runs with autograd on,
+            # where the prompt learner would run the text tower again
+            text = net.text_features() if getattr(net, "prompt_learner", None) is not None else None
+            flops = flops_of(lambda: net(torch.zeros(1, 3, size, size, device=device), text))
     finally:
         net.train(was_training)
     return {"flops/gflops_per_crop": flops / 1e9}
