@@ -43,6 +43,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from clamp_pl.core.errors import DataError
 from clamp_pl.core.viz import draw_instances
 from clamp_pl.data.metainfo import DatasetMeta
 from clamp_pl.formats.coco import write_results
@@ -60,7 +61,7 @@ TRACK_MODES = ("none", "follow")
 REACQUIRED_COLOR = (255, 200, 0)
 
 
-class VideoReadError(ValueError):
+class VideoReadError(DataError):
     """A video file that cannot be opened or decoded; the message names the file."""
 
 
@@ -97,14 +98,19 @@ def iter_frames(
     path: str | Path, frame_step: int = 1, max_frames: int | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(frame index, RGB uint8 [H, W, 3])`` for every ``frame_step``-th frame (0, step, 2*step, ...), at most
-    ``max_frames`` of them. Raises :class:`VideoReadError` when the first frame cannot be decoded."""
+    ``max_frames`` of them. Raises :class:`VideoReadError` when the first frame cannot be decoded; warns, naming
+    the file, when decoding stops before the frame count the container declares (a file cut short or damaged)."""
     if frame_step < 1:
         raise ValueError(f"frame_step must be >= 1, got {frame_step}")
     cap = _open(path)
+    declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     try:
         index, emitted = 0, 0
         while max_frames is None or emitted < max_frames:
             if not cap.grab():
+                if index and index < declared:
+                    log.warning("%s: decoding stopped after %d of the %d frames the file declares (cut short or "
+                                "damaged?): frames %d and later are not predicted", path, index, declared, index)
                 break
             if index % frame_step == 0:
                 ok, bgr = cap.retrieve()
