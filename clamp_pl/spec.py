@@ -116,7 +116,7 @@ class ModelSpec:
         flip_test: average with the horizontally flipped crop at test time (the default of eval and inference).
         meta: the keypoint layout the model was trained on (:meth:`DatasetMeta.to_dict`): its keypoint names are
             the trained vocabulary (:attr:`trained_vocabulary`).
-        data: the data the model was trained on: ``{"name": datamodule name, "config": {"_target_": ...,
+        data: the data the model was trained on: ``{"name": datamodule name, "config": {"datamodule": registry name,
             files/root, split, protocol, ...}}`` (the resolved ``data`` config, without the preprocessing above).
         pose_prior: a shape model of the training labels' poses (:func:`clamp_pl.inference.qc.fit_pose_prior`:
             Procrustes mean shape and principal components) for the pose-plausibility check of
