@@ -38,7 +38,7 @@ Prompts for the body-part names come from :func:`clamp_pl.data.metainfo.name_to_
 package (``clamp_pl/resources/dlc_openfield``, half size, see its README) with its fixed split: frames 100-115
 test, 90-99 val, 0-89 train.
 
-Writing (:class:`PoseTable`, :func:`write_pose_table`): predictions in the layout DeepLabCut writes its analysis
+Writing (:class:`PoseTable`, :func:`write_dlc_csv`, :func:`write_dlc_h5`): predictions in the layout DeepLabCut writes its analysis
 results, one row per frame (or image) and, per individual and body part, ``x``, ``y`` (image pixels) and
 ``likelihood`` (the keypoint score):
 
@@ -90,7 +90,6 @@ __all__ = [
     "write_conversion",
     "write_dlc_csv",
     "write_dlc_h5",
-    "write_pose_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -209,34 +208,6 @@ def write_dlc_h5(table: PoseTable, path: str | Path) -> Path | None:
     return path
 
 
-def write_pose_table(
-    table: PoseTable, stem: str | Path, smoothing: dict[str, Any] | None = None
-) -> dict[str, Path | None]:
-    """Write ``<stem>.csv`` and ``<stem>.h5`` (when possible) and, with ``smoothing`` (keyword arguments of
-    :func:`clamp_pl.inference.smoothing.smooth_trajectories`, ``method`` among them), ``<stem>_filtered.csv`` /
-    ``.h5`` beside them.
-
-    Multi-animal tables are not smoothed: their individuals are ranks by score, not identities followed over
-    time. Returns ``{"csv", "h5", "filtered_csv", "filtered_h5"}`` (None for what was not written)."""
-    stem = Path(stem)
-    out: dict[str, Path | None] = {
-        "csv": write_dlc_csv(table, stem.with_name(stem.name + ".csv")),
-        "h5": write_dlc_h5(table, stem.with_name(stem.name + ".h5")),
-        "filtered_csv": None,
-        "filtered_h5": None,
-    }
-    if smoothing:
-        if table.individuals is not None:
-            log.warning("%s: not smoothed: several animals per frame are ranked by score, not followed, so a "
-                        "trajectory may jump between animals", out["csv"])
-        else:
-            # scipy-only and torch-free: importing it here keeps this module free of the inference package
-            from clamp_pl.inference.smoothing import smooth_table
-
-            smoothed = smooth_table(table, **smoothing)
-            out["filtered_csv"] = write_dlc_csv(smoothed, stem.with_name(stem.name + "_filtered.csv"))
-            out["filtered_h5"] = write_dlc_h5(smoothed, stem.with_name(stem.name + "_filtered.h5"))
-    return out
 @dataclass
 class DLCLabels:
     """Labels of one ``CollectedData_*.csv`` (or its ``.h5`` twin).

@@ -17,7 +17,7 @@ import numpy as np
 
 from clamp_pl.core.viz import draw_instances, save_rgb
 from clamp_pl.formats.coco import write_results
-from clamp_pl.formats.dlc import table_from_instances, write_pose_table
+from clamp_pl.formats.dlc import table_from_instances
 from clamp_pl.inference.detector import Detector
 from clamp_pl.inference.estimator import (
     IMAGE_SUFFIXES,
@@ -27,6 +27,7 @@ from clamp_pl.inference.estimator import (
     read_image,
 )
 from clamp_pl.inference.progress import progress
+from clamp_pl.inference.smoothing import write_pose_table
 
 log = logging.getLogger("clamp_pl")
 

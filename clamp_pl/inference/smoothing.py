@@ -1,22 +1,25 @@
 """Temporal smoothing of predicted keypoint trajectories (scipy).
 
 Points scoring at or below a threshold are dropped and linearly interpolated over time, then each coordinate is
-filtered over frames (running median or Savitzky-Golay). :func:`clamp_pl.formats.dlc.write_pose_table` writes the
+filtered over frames (running median or Savitzky-Golay). :func:`write_pose_table` writes the
 smoothed table beside the raw one (``<name>_filtered.csv``, DeepLabCut's name for it), never over it; its
 likelihoods are the raw ones, so interpolated points keep their low score.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from clamp_pl.formats.dlc import PoseTable
+from clamp_pl.formats.dlc import PoseTable, write_dlc_csv, write_dlc_h5
 
-__all__ = ["SMOOTHING_METHODS", "smooth_table", "smooth_trajectories"]
+log = logging.getLogger("clamp_pl")
+
+__all__ = ["SMOOTHING_METHODS", "smooth_table", "smooth_trajectories", "write_pose_table"]
 
 SMOOTHING_METHODS = ("median", "savgol")
 
@@ -77,3 +80,30 @@ def smooth_table(table: PoseTable, method: str = "median", window: int = 5, poly
     xy = np.stack([smooth_trajectories(table.xy[:, i], table.likelihood[:, i], method, window, polyorder,
                                        threshold) for i in range(table.xy.shape[1])], axis=1)
     return replace(table, xy=xy, likelihood=table.likelihood.copy())
+
+
+def write_pose_table(
+    table: PoseTable, stem: str | Path, smoothing: dict[str, Any] | None = None
+) -> dict[str, Path | None]:
+    """Write ``<stem>.csv`` and ``<stem>.h5`` (when possible) and, with ``smoothing`` (keyword arguments of
+    :func:`smooth_trajectories`, ``method`` among them), ``<stem>_filtered.csv`` /
+    ``.h5`` beside them.
+
+    Multi-animal tables are not smoothed: their individuals are ranks by score, not identities followed over
+    time. Returns ``{"csv", "h5", "filtered_csv", "filtered_h5"}`` (None for what was not written)."""
+    stem = Path(stem)
+    out: dict[str, Path | None] = {
+        "csv": write_dlc_csv(table, stem.with_name(stem.name + ".csv")),
+        "h5": write_dlc_h5(table, stem.with_name(stem.name + ".h5")),
+        "filtered_csv": None,
+        "filtered_h5": None,
+    }
+    if smoothing:
+        if table.individuals is not None:
+            log.warning("%s: not smoothed: several animals per frame are ranked by score, not followed, so a "
+                        "trajectory may jump between animals", out["csv"])
+        else:
+            smoothed = smooth_table(table, **smoothing)
+            out["filtered_csv"] = write_dlc_csv(smoothed, stem.with_name(stem.name + "_filtered.csv"))
+            out["filtered_h5"] = write_dlc_h5(smoothed, stem.with_name(stem.name + "_filtered.h5"))
+    return out

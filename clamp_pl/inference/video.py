@@ -47,10 +47,11 @@ from clamp_pl.core.errors import DataError
 from clamp_pl.core.viz import draw_instances
 from clamp_pl.data.metainfo import DatasetMeta
 from clamp_pl.formats.coco import write_results
-from clamp_pl.formats.dlc import table_from_instances, write_pose_table
+from clamp_pl.formats.dlc import table_from_instances
 from clamp_pl.inference.detector import Detector
 from clamp_pl.inference.estimator import PoseEstimator, coco_result
 from clamp_pl.inference.progress import progress
+from clamp_pl.inference.smoothing import write_pose_table
 from clamp_pl.inference.tracking import FollowConfig, Follower
 
 log = logging.getLogger("clamp_pl")

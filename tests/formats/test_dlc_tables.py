@@ -12,8 +12,8 @@ from clamp_pl.formats.dlc import (
     table_from_instances,
     write_dlc_csv,
     write_dlc_h5,
-    write_pose_table,
 )
+from clamp_pl.inference.smoothing import write_pose_table
 
 PARTS = ["snout", "leftear", "rightear", "tailbase"]
 
