@@ -3,7 +3,8 @@
 prints the Markdown table. The method (interleaved timing, peak memory, threads, allocator) and the cases are
 described in ``docs/benchmarks.md``.
 
-Cases (``--only``): data, train, text, flip, eval, towers (inference speed of every tower config, its table in
+Cases (``--only``): data, train, text, flip, eval, heads (the concat and the prompt head against K, its table
+in ``docs/benchmarks_heads.md``), towers (inference speed of every tower config, its table in
 ``docs/benchmarks_towers.md``). ``--quick`` skips the ViT-B/16 and RN50 models and every tower but MobileCLIP2-S0
 (about a minute instead of 10-15 minutes on 2 cores, and 10-15 more for the towers). The output holds exactly the cases of this run: point ``--out`` elsewhere for
 partial runs.
@@ -23,6 +24,7 @@ import torch
 from benchmarks.cases.data import bench_data
 from benchmarks.cases.eval import bench_eval
 from benchmarks.cases.flip import bench_flip
+from benchmarks.cases.heads import bench_heads, write_heads_page
 from benchmarks.cases.text import bench_text
 from benchmarks.cases.towers import QUICK_TOWERS, TOWERS, bench_towers, write_towers_page
 from benchmarks.cases.train import bench_train
@@ -30,7 +32,7 @@ from benchmarks.fixtures import DEFAULT_REPEATS, HEAVY_MODELS, MODELS
 from benchmarks.harness import log, reexec_with_runtime_env
 from benchmarks.report import REPO, Row, machine_info, write_outputs
 
-CASES = ("data", "train", "text", "flip", "eval", "towers")
+CASES = ("data", "train", "text", "flip", "eval", "heads", "towers")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,6 +91,12 @@ def run(args: argparse.Namespace, argv_is_ours: bool = False) -> tuple[list[Row]
                 rows += bench_flip(args.models, args.repeats, args.batch)
             elif case == "eval":
                 rows += bench_eval(args.repeats, args.eval_instances, args.eval_images, work)
+            elif case == "heads":
+                # K = 17, 40, 100: AP-10K's count, a large vocabulary, a very large one (--quick: tiny only)
+                lines = bench_heads([17, 40, 100], 8, args.repeats or 3, ["tiny"] if args.quick else None)
+                argv = " ".join(sys.argv[1:]) if argv_is_ours else ""
+                write_heads_page(lines, info, f"python -m benchmarks.cpu {argv}".strip(), args.out, 8,
+                                 args.repeats or 3)
             elif case == "towers":
                 tower_rows, table = bench_towers(args.towers, args.repeats)
                 rows += tower_rows

@@ -1,4 +1,5 @@
-"""The two keypoint heads against the number of keypoints K: ``python scripts/bench_heads.py [--ks 17 40 100]``.
+"""The two keypoint heads against the number of keypoints K: ``python -m benchmarks.cpu --only heads`` (its table
+in ``docs/benchmarks_heads.md``), or alone ``python -m benchmarks.cases.heads [--ks 17 40 100]``.
 
 * ``tiny``: a whole training step (forward, the three CLAMP losses, backward, AdamW) of ``model=clamp_tiny`` (random
   init, 128 px crops, batch ``--batch``) with K prompts, for ``head=concat`` and ``head=prompt``;
@@ -20,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -105,6 +107,32 @@ def vitb16_heads_case(head: str, k: int, batch: int, steps: int) -> tuple[float,
 
 
 CASES = {"tiny": tiny_case, "vitb16-heads": vitb16_heads_case}
+HEADER = ["| case | head | K | step (ms) | saved for backward (MB) | head parameters |",
+          "| --- | --- | --- | --- | --- | --- |"]
+
+
+def bench_heads(ks: list[int], batch: int = 8, steps: int = 3, cases: list[str] | None = None) -> list[str]:
+    """The table rows (Markdown, header included) of every case x K x head, printed as they come."""
+    lines = list(HEADER)
+    for case in cases or list(CASES):
+        for k in ks:
+            for head in ("concat", "prompt"):
+                seconds, mb, n = CASES[case](head, k, batch, steps)
+                lines.append(f"| {case} | {head} | {k} | {1000 * seconds:.0f} | {mb:.1f} | {n:,} |")
+                print(lines[-1], flush=True)
+    return lines
+
+
+def write_heads_page(lines: list[str], info: dict, command: str, out: Path, batch: int, steps: int) -> Path:
+    """``<out>/benchmarks_heads.md``: its text above the results marker kept, the table below it."""
+    from benchmarks.report import kept_preamble
+
+    out.mkdir(parents=True, exist_ok=True)
+    page = out / "benchmarks_heads.md"
+    body = (f"Measured by `{command}` on {info.get('cpu', 'this CPU')}, {torch.get_num_threads()} threads, torch "
+            f"{torch.__version__}: batch {batch}, median of {steps} steps.\n\n" + "\n".join(lines) + "\n")
+    page.write_text(kept_preamble(page) + body)
+    return page
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,13 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     print(f"batch {args.batch}, median of {args.steps} steps, {torch.get_num_threads()} CPU threads, torch "
           f"{torch.__version__}\n")
-    print("| case | head | K | step (ms) | saved for backward (MB) | head parameters |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for case in args.cases:
-        for k in args.ks:
-            for head in ("concat", "prompt"):
-                seconds, mb, n = CASES[case](head, k, args.batch, args.steps)
-                print(f"| {case} | {head} | {k} | {1000 * seconds:.0f} | {mb:.1f} | {n:,} |", flush=True)
+    print("\n".join(HEADER))
+    bench_heads(args.ks, args.batch, args.steps, args.cases)
 
 
 if __name__ == "__main__":
