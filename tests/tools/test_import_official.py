@@ -116,7 +116,7 @@ def test_wrong_dataset_is_named(official_pth, ap10k_root, tmp_path):
 def test_cli_takes_the_checkpoint_as_a_positional_path(official_pth, tmp_path):
     path, _ = official_pth
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "clamp_pl.tools.import_official", str(path), "model=clamp_vitb16",
+    cmd = [sys.executable, "-m", "clamp_pl.import_official", str(path), "model=clamp_vitb16",
            "model.net.clip_model=clamp-tiny-vit", "data=ap10k", f"out={out}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
