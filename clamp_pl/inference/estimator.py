@@ -123,17 +123,21 @@ class PoseEstimator:
 
     def __init__(self, spec: ModelSpec, net: CLAMP, device: str | torch.device | None = None,
                  checkpoint: str | Path = "") -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.spec = spec
+        self._set_spec(spec, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), checkpoint)
         self.net = net.to(self.device).eval()
+        # per asked vocabulary (its prompts): the text features [K, Dt] it runs with
+        self._text_features: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def _set_spec(self, spec: ModelSpec, device: torch.device, checkpoint: str | Path) -> None:
+        """What the spec decides for any backend: preprocessing, codec, keypoint meta."""
+        self.device = device
+        self.spec = spec
         self.codec = spec.build_codec()
         self.input_size = spec.input_size
         self.padding = spec.padding
         self.heatmap_size = spec.heatmap_size
         self.checkpoint = str(checkpoint)
         self.meta: DatasetMeta = spec.dataset_meta()
-        # per asked vocabulary (its prompts): the text features [K, Dt] it runs with
-        self._text_features: dict[tuple[str, ...], torch.Tensor] = {}
 
     @property
     def num_keypoints(self) -> int:

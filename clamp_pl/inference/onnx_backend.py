@@ -54,15 +54,8 @@ class OnnxPoseEstimator(PoseEstimator):
             import onnxruntime as ort
         except ImportError as e:
             raise ImportError("backend=onnx runs the export with onnxruntime: pip install onnxruntime") from e
-        self.device = torch.device("cpu")
-        self.spec = spec
+        self._set_spec(spec, torch.device("cpu"), checkpoint)
         self.net = None  # no PyTorch network: the session runs the graph
-        self.codec = spec.build_codec()
-        self.input_size = spec.input_size
-        self.padding = spec.padding
-        self.heatmap_size = spec.heatmap_size
-        self.checkpoint = str(checkpoint)
-        self.meta: DatasetMeta = spec.dataset_meta()
         self.onnx_path = Path(onnx_path)
         options = ort.SessionOptions()
         if threads:
