@@ -23,8 +23,8 @@ import json
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
+from measure_tracking import write_video  # the frames as a video, as the tracking measurement writes it
 from scipy.stats import rankdata
 
 from clamp_pl.api import load_model
@@ -45,18 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ROOT / "clamp_pl" / "resources" / "dlc_openfield" / "labeled-data" / "m4s1" / "CollectedData_Pranav.csv"
 THR = 0.1
 TOP = 10
-
-
-def write_video(frames: list[Path], path: Path, fps: float = 30.0) -> Path:
-    """The frames, in order, as an mp4v video."""
-    h, w = cv2.imread(str(frames[0])).shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        raise RuntimeError(f"{path}: OpenCV cannot write mp4v here")
-    for f in frames:
-        writer.write(cv2.imread(str(f)))
-    writer.release()
-    return path
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float:
