@@ -136,7 +136,8 @@ def test_init_from_loads_weights(short_run, make_cfg):
 
     cfg = make_cfg("experiment=fewshot_toy", f"init_from={short_run}")
     dm, _, model = build_training(cfg, None)
-    assert dm.codec is model.codec
+    assert dm.codec is model.codec and dm.datasets  # setup ran (the pose prior): its datasets use that codec too
+    assert all(ds.codec is model.codec for ds in dm.datasets.values())
     assert model.load_weights_from(short_run).name.startswith("epoch_")  # a run dir: its best checkpoint
     ref = PoseLitModule.load_from_checkpoint(short_run / "checkpoints" / sorted(
         p.name for p in (short_run / "checkpoints").glob("epoch_*.ckpt"))[-1], weights_only=True)

@@ -115,6 +115,4 @@ def build_training(cfg: DictConfig, run_dir: Path | None = None) -> tuple[PoseDa
     spec = dataclasses.replace(spec, pose_prior=prior)
     model = build_model(cfg, spec)
     dm.use_spec(spec, codec=model.codec)
-    for dataset in dm.datasets.values():  # made in setup with the first spec's codec: the same numbers
-        dataset.codec = model.codec
     return dm, spec, model

@@ -198,7 +198,7 @@ class PoseDataModule(pl.LightningDataModule):
         Args:
             spec: the model spec; its keypoints must be this dataset's (same names, same order).
             codec: the codec object to make the targets with (the model's own, so that one object encodes and
-                decodes); None builds it from the spec.
+                decodes; datasets made by an earlier ``setup`` switch to it); None builds it from the spec.
             check_keypoints: off, the spec may have other keypoints (evaluation by name, :meth:`score_channels`;
                 a dataset inside a multi-dataset one, whose model predicts the union vocabulary).
 
@@ -217,6 +217,8 @@ class PoseDataModule(pl.LightningDataModule):
             raise ValueError(f"codec {codec.input_size} -> {codec.heatmap_size} is not the spec's "
                              f"{spec.input_size} -> {spec.heatmap_size}")
         self.spec, self.codec = spec, codec
+        for dataset in self.datasets.values():  # made by an earlier setup: targets from this codec object now
+            dataset.codec = codec
 
     def _spec(self) -> ModelSpec:
         if self.spec is None:
