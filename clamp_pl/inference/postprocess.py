@@ -12,7 +12,7 @@ from torch import Tensor
 from clamp_pl.codecs import MSRAHeatmap
 from clamp_pl.core.geometry import input_to_image_coords
 
-__all__ = ["decode_heatmaps", "flip_back", "flip_test_heatmaps"]
+__all__ = ["decode_heatmaps", "flip_back", "flip_passes", "flip_test_heatmaps"]
 
 
 def flip_back(heatmaps: Tensor, flip_indices: Sequence[int], shift: bool = True) -> Tensor:
@@ -22,6 +22,16 @@ def flip_back(heatmaps: Tensor, flip_indices: Sequence[int], shift: bool = True)
     if shift:
         out = torch.cat([out[..., :1], out[..., :-1]], dim=-1)
     return out
+
+
+def flip_passes(
+    forward: Callable[[Tensor], Tensor], images: Tensor, flip_indices: Sequence[int], shift: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Both passes of the flip test, ``(original, flipped back)`` heatmaps ``[B, K, h, w]`` (float32) of
+    normalised crops ``[B, 3, H, W]``: the original and the mirrored crops run as ONE batch through ``forward``."""
+    b = images.shape[0]
+    hm = forward(torch.cat([images, images.flip(-1)])).float()
+    return hm[:b], flip_back(hm[b:], flip_indices, shift)
 
 
 def flip_test_heatmaps(
@@ -36,9 +46,8 @@ def flip_test_heatmaps(
     heatmaps are averaged with the original ones."""
     if not flip_test:
         return forward(images).float()
-    b = images.shape[0]
-    hm = forward(torch.cat([images, images.flip(-1)])).float()
-    return 0.5 * (hm[:b] + flip_back(hm[b:], flip_indices, shift))
+    original, flipped = flip_passes(forward, images, flip_indices, shift)
+    return 0.5 * (original + flipped)
 
 
 def decode_heatmaps(

@@ -40,9 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clamp_pl.core.preprocess import crop_and_normalize
 from clamp_pl.inference.estimator import PoseEstimator
-from clamp_pl.inference.postprocess import decode_heatmaps, flip_back
+from clamp_pl.inference.postprocess import decode_heatmaps, flip_passes
 from clamp_pl.inference.tracking import FollowConfig, Follower
 from clamp_pl.inference.video import VIDEO_SUFFIXES, is_video, iter_batches, iter_frames, video_info
 
@@ -194,8 +193,8 @@ def predict_two_passes(
     for s in range(0, len(crops), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(crops[s:s + batch_size])).to(est.device)
         b = batch.shape[0]
-        hm = est.net(torch.cat([batch, batch.flip(-1)]))["heatmaps"].float()
-        hm_orig, hm_flip = hm[:b], flip_back(hm[b:], spec.flip_indices, spec.shift_heatmap)
+        hm_orig, hm_flip = flip_passes(lambda x: est.net(x)["heatmaps"], batch, spec.flip_indices,
+                                       spec.shift_heatmap)
         c, sc = centers[s:s + b], scales[s:s + b]
         k, score = decode_heatmaps(est.codec, 0.5 * (hm_orig + hm_flip), c, sc)
         out["keypoints"].append(k)
@@ -208,8 +207,7 @@ def predict_two_passes(
 def _predict_boxes(est: PoseEstimator, images: Sequence[np.ndarray], boxes: Sequence[Sequence[float]],
                    batch_size: int) -> dict[str, np.ndarray]:
     """One box ``[x, y, w, h]`` per RGB image -> :func:`predict_two_passes` of their crops."""
-    cut = [crop_and_normalize(img, box, est.input_size, est.spec.mean, est.spec.std, est.padding)
-           for img, box in zip(images, boxes)]
+    cut = [est.crop(img, box) for img, box in zip(images, boxes)]
     return predict_two_passes(est, np.stack([c[0] for c in cut]), np.stack([c[1] for c in cut]),
                               np.stack([c[2] for c in cut]), batch_size)
 
