@@ -36,7 +36,7 @@ Images without a detection get no prediction; detections that name no input file
 Outputs (``output_dir``, by default this command's run dir): ``predictions.json`` (COCO keypoint results plus
 ``file_name`` and ``bbox``: ``keypoints`` flat ``[x, y, score] * K`` in image pixels, ``score`` = box score x
 mean keypoint score above 0.2), ``predictions_<scorer>.csv`` (and ``.h5``; DeepLabCut's layout, one row per
-image indexed by its relative path, :mod:`clamp_pl.inference.pose_io`; multi-animal with boxes or a detector),
+image indexed by its relative path, :mod:`clamp_pl.formats.dlc`; multi-animal with boxes or a detector),
 ``vis/<relative path>.jpg`` (skeletons; keypoints at or below ``score_threshold`` are not drawn) and, when some
 images could not be read, ``errors.json``. An unreadable image is reported (the message names the file) and
 skipped; the command fails only when the input does not exist or every image failed.

@@ -5,7 +5,7 @@ protocol's split, every toy family but Equidae (``experiment=pretrain_toy``), so
 unseen for the demo's few-shot and zero-shot jobs. The best checkpoint (by val AP on the seen families) becomes a
 compact model file with fp16 weights (``clamp_pl.inference.checkpoint.save_model_file``), and a JSON file beside it
 records how it was made (command, seed, data version, wall time, machine) and the metrics of the shipped fp16
-weights, measured on the file itself; ``tests/test_pretrained_toy.py`` re-measures them.
+weights, measured on the file itself; ``tests/tools/test_pretrained_toy.py`` re-measures them.
 
     python scripts/pretrain_toy.py                       # train (~30 min on 2 CPU cores) and write the file
     python scripts/pretrain_toy.py --run logs/train/runs/<time>   # only convert and measure a finished run

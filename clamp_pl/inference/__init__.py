@@ -3,5 +3,6 @@
 Never imports Lightning, Hydra, OmegaConf, torchmetrics, xtcocotools or wandb (a test checks it):
 ``checkpoint`` (spec + weights -> network), ``estimator`` (``load_model``, ``PoseEstimator``), ``postprocess``
 (flip test, decoding, rescoring), ``images`` and ``video`` (folders and videos to result files), ``tracking``,
-``detector``, ``onnx``, ``pose_io``.
+``detector``, ``onnx`` and ``onnx_backend``, ``smoothing`` (filtered pose tables), ``qc`` (label-free quality
+checks), ``progress``.
 """

@@ -20,7 +20,7 @@ Outputs (``output_dir``):
 * ``predictions.json``: COCO keypoint results, ``image_id`` = frame index, plus ``file_name`` (the video's
   name), ``frame``, ``time_s``, ``bbox`` and, when following, ``reacquired``;
 * ``<stem>_<scorer>.csv`` (and ``.h5`` where pandas and PyTables are installed): DeepLabCut's analysis layout
-  (:mod:`clamp_pl.inference.pose_io`): one row per frame read, ``x, y, likelihood`` per body part; single-animal when
+  (:mod:`clamp_pl.formats.dlc`): one row per frame read, ``x, y, likelihood`` per body part; single-animal when
   following or with whole-frame boxes, multi-animal (an ``individuals`` header row) with boxes or a detector;
 * ``<stem>_<scorer>_filtered.csv`` (``.h5``) with ``smoothing``: the same, smoothed over frames;
 * ``<stem>_boxes.csv``: per frame and instance ``frame, time_s, instance, box_x, box_y, box_w, box_h, score,
@@ -240,7 +240,7 @@ def run_video_prediction(
         score_threshold: keypoints at or below it are not drawn.
         keypoints: the keypoint names to predict (None: the model's trained vocabulary; see
             :meth:`PoseEstimator.predict`).
-        smoothing: keyword arguments of :func:`clamp_pl.inference.pose_io.smooth_trajectories` (``method``, ``window``,
+        smoothing: keyword arguments of :func:`clamp_pl.inference.smoothing.smooth_trajectories` (``method``, ``window``,
             ...) for the ``_filtered`` files; None = none written.
 
     Returns:
