@@ -264,7 +264,7 @@ def test_run_dir_written_before_the_layout_change_still_evaluates(tmp_path, monk
     tiny ViT, 2 training batches; its optimiser state removed to keep it small). Its spec names the datamodule by
     the module path of that time (``clamp_pl.data.datamodule.ToyAP10KDataModule``) and its data root relatively
     (``data/toy_ap10k``, generated here). ``eval ckpt_path=<run dir>`` gives the metrics that code's own eval gave
-    (``run_dir_v1_eval_results.json``)."""
+    (``run_dir_v1_eval_results.json``), and on the training run's one test batch its own ``results.json``."""
     from clamp_pl.eval import evaluate
 
     fixture = REPO / "tests" / "fixtures" / "run_dir_v1"
@@ -285,3 +285,17 @@ def test_run_dir_written_before_the_layout_change_still_evaluates(tmp_path, monk
     assert set(expected) <= set(metrics)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, abs=1e-6), key
+    # with the training run's test budget (one batch), the run's own results.json
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    cfg = make_cfg(f"ckpt_path={run}", "+trainer.limit_test_batches=1", *EVAL_QUIET, config_name="eval", fast=False)
+    torch.set_num_threads(1)
+    try:
+        own = evaluate(cfg)[0]
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((fixture / "results.json").read_text())
+    assert len(results) == 37
+    for key, value in results.items():
+        assert own[key] == pytest.approx(value, abs=1e-6), key
