@@ -174,3 +174,13 @@ def openfield_slp_project(root: Path, n_frames: int = 12) -> Path:
     out = root / "openfield.slp"
     sio.save_slp(sio.Labels(labeled_frames=labelled, videos=[video], skeletons=[skeleton]), str(out))
     return out
+
+
+# seconds-long CPU runs with the tiny model (what debug=tiny does for the toy set)
+TINY_OWN_DATA = [
+    "model=clamp_tiny", "trainer=cpu", "data.batch_size=4", "data.num_workers=0", "data.persistent_workers=false",
+    "data.pin_memory=false", "extras.print_config=false", "callbacks.rich_progress_bar=null",
+    "callbacks.rich_model_summary=null", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+    "trainer.log_every_n_steps=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+]

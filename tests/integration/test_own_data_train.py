@@ -8,23 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.projects import TINY_OWN_DATA
 
 from clamp_pl.train import train
-
-# seconds-long CPU runs with the tiny model (what debug=tiny does for the toy set)
-TINY = [
-    "model=clamp_tiny", "trainer=cpu", "data.batch_size=4", "data.num_workers=0", "data.persistent_workers=false",
-    "data.pin_memory=false", "extras.print_config=false", "callbacks.rich_progress_bar=null",
-    "callbacks.rich_model_summary=null", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
-    "trainer.log_every_n_steps=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-]
 
 
 def _compose(overrides, tmp_path: Path):
     from conftest import compose_cfg
 
-    return compose_cfg("train", [*TINY, *overrides], tmp_path / "run", tmp_path / "data")
+    return compose_cfg("train", [*TINY_OWN_DATA, *overrides], tmp_path / "run", tmp_path / "data")
 
 
 def _check_run(metrics, objs, run_dir: Path, n_keypoints: int) -> dict:

@@ -12,20 +12,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers.projects import BODYPARTS, SIZE, make_dlc_project, make_lightning_pose_project, make_slp_project
+from helpers.projects import (
+    BODYPARTS,
+    SIZE,
+    TINY_OWN_DATA,
+    make_dlc_project,
+    make_lightning_pose_project,
+    make_slp_project,
+)
 from helpers.qc import make_video
 
 from clamp_pl.tools.outliers import outliers
 from clamp_pl.train import train
 
-TINY = [
-    "model=clamp_tiny", "trainer=cpu", "data.batch_size=4", "data.num_workers=0", "data.persistent_workers=false",
-    "data.pin_memory=false", "extras.print_config=false", "callbacks.rich_progress_bar=null",
-    "callbacks.rich_model_summary=null", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
-    "trainer.log_every_n_steps=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-    "data.val_fraction=0.2", "data.test_fraction=0.2",
-]
+TINY = [*TINY_OWN_DATA, "data.val_fraction=0.2", "data.test_fraction=0.2"]
 N_PROPOSED = 3
 
 
